@@ -1,0 +1,1 @@
+"""Django integration for taskpool (app, store, views, Tasks backend): see docs/django.md."""

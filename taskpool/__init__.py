@@ -1,0 +1,36 @@
+"""taskpool: background tasks for Django without Celery, Redis or RabbitMQ.
+
+Public API::
+
+    @taskpool.task(timeout=30)           # register a function as a task
+    taskpool.submit(add, 2, 3)           # -> TaskHandle (also by name, or add.submit(2, 3))
+    handle.result(timeout=5)             # the return value, or TaskFailed
+    taskpool.progress(40, "rendering")   # inside a task
+    taskpool.stats()                     # the supervisor's health figures
+"""
+
+__version__ = "0.1.0"
+
+from .client import TaskHandle, cancel, configure, get, stats, submit  # noqa: E402
+from .errors import (  # noqa: E402
+    ConfigError,
+    InvalidArguments,
+    ProtocolError,
+    RemoteError,
+    ResultTimeout,
+    SupervisorUnavailable,
+    TaskFailed,
+    TaskNotFound,
+    TaskpoolError,
+    TaskTimeout,
+    UnknownTask,
+)
+from .registry import Task, task  # noqa: E402
+from .worker import progress  # noqa: E402
+
+__all__ = [
+    "ConfigError", "InvalidArguments", "ProtocolError", "RemoteError", "ResultTimeout",
+    "SupervisorUnavailable", "Task", "TaskFailed", "TaskHandle", "TaskNotFound", "TaskTimeout",
+    "TaskpoolError", "UnknownTask", "__version__", "cancel", "configure", "get", "progress",
+    "stats", "submit", "task",
+]

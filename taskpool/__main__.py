@@ -1,0 +1,5 @@
+"""``python -m taskpool`` is ``taskpool-supervisor``."""
+
+from .cli import main
+
+raise SystemExit(main())

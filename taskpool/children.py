@@ -1,0 +1,118 @@
+"""Forking, reaping and killing worker processes; the record of each worker.
+
+The supervisor's loop is the only caller, so the worker table has one owner.
+A worker is forked with a socketpair; the child closes every descriptor the
+supervisor holds (listener, clients, other workers' channels, the selector) so
+that EOF on a channel reliably means that worker is gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable
+
+from .transport import FramedConnection
+from .worker import BOOT_ERROR_EXIT, worker_main
+
+
+class WorkerState(str, Enum):
+    BOOTING = "booting"    # forked, importing task modules
+    IDLE = "idle"
+    BUSY = "busy"
+    RETIRING = "retiring"  # channel closed; exits when it sees EOF
+    KILLED = "killed"      # SIGKILL sent; waiting to be reaped
+
+
+@dataclass(slots=True, eq=False)
+class WorkerProc:
+    wid: int
+    pid: int
+    generation: int
+    conn: FramedConnection | None
+    started: float  # monotonic
+    state: WorkerState = WorkerState.BOOTING
+    task_id: str | None = None
+    tasks_done: int = 0
+    deadline: float | None = None  # task timeout, monotonic
+    kill_at: float | None = None  # escalation to SIGKILL, monotonic
+    retire_after_task: bool = False
+    boot_error: str | None = None
+    names: list = field(default_factory=list)
+
+    @property
+    def serving(self) -> bool:
+        """Counts toward the target number of workers."""
+        return self.state in (WorkerState.BOOTING, WorkerState.IDLE, WorkerState.BUSY) and not self.retire_after_task
+
+
+def spawn(
+    wid: int,
+    generation: int,
+    modules: tuple[str, ...],
+    max_frame: int,
+    max_outbox: int,
+    measure_rss: bool,
+    close_in_child: Callable[[], None],
+    now: float,
+) -> WorkerProc:
+    """Fork one worker. The child never returns from here."""
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            parent_end.close()
+            close_in_child()
+            code = worker_main(child_end, modules, generation, wid, max_frame, measure_rss)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    child_end.close()
+    conn = FramedConnection(parent_end, max_frame, max_outbox)
+    return WorkerProc(wid=wid, pid=pid, generation=generation, conn=conn, started=now)
+
+
+def reap() -> list[tuple[int, int]]:
+    """(pid, wait status) of every child that has exited, without blocking."""
+    reaped = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append((pid, status))
+
+
+def kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a child; a child that is already gone (ESRCH) is not an error."""
+    try:
+        os.kill(pid, sig)
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        hint = " (perhaps out of memory?)" if sig == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    code = os.waitstatus_to_exitcode(status)
+    if code == BOOT_ERROR_EXIT:
+        return f"exited with code {code} (could not import its task modules)"
+    return f"exited with code {code}"

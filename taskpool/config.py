@@ -1,0 +1,165 @@
+"""Settings, declared once each: name, parser, default, check and help.
+
+The one table below feeds the CLI flags (``taskpool-supervisor --help``), the
+environment variables, the Django ``TASKPOOL`` setting (by upper-case name), the
+settings reference in docs/operations.md and the frozen ``Config`` the supervisor
+runs on. A SIGHUP reload builds a new ``Config`` from the same sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+SOCKET_NAME = "taskpool.sock"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] = lambda value: None  # returns a problem or None
+    env: str | None = None
+    many: bool = False  # may be given more than once (a list)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _octal(text: str) -> int:
+    return int(text, 8)
+
+
+def _positive(value: Any) -> str | None:
+    return None if value is None or value > 0 else "must be greater than 0"
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _mode(value: int) -> str | None:
+    if value & ~0o777:
+        return "must be a permission mode such as 600 or 660"
+    if value & 0o007:
+        return "must not give access to others (the last digit must be 0)"
+    return None if value & 0o600 == 0o600 else "must give the owner read and write (6xx)"
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda text: None if text in ("", "none", "None") else parse(text)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("workers", int, os.cpu_count() or 2, "worker processes to fork", _positive, "TASKPOOL_WORKERS"),
+    Setting("spool", str, "spool", "spool directory: holds the socket (and the store)", env="TASKPOOL_SPOOL"),
+    Setting("socket", _optional(str), None, "socket path (default: SPOOL/taskpool.sock)", env="TASKPOOL_SOCKET"),
+    Setting("import_", str, (), "module that registers tasks, imported by each worker after fork", many=True),
+    Setting("socket_mode", _octal, 0o600, "permission bits of the socket file, in octal", _mode),
+    Setting("socket_group", _optional(str), None, "group that owns the socket (with --socket-mode 660)"),
+    Setting("allow_uid", int, (), "another uid allowed to connect (own uid and root always are)", many=True),
+    Setting("max_tasks_per_worker", int, 0, "retire a worker after this many tasks (0: never)", _not_negative),
+    Setting("max_memory_per_worker", int, 0, "retire a worker whose RSS passes this many MB (0: never)", _not_negative),
+    Setting("graceful_timeout", float, 30.0, "seconds a stop or reload waits for running tasks", _not_negative),
+    Setting("max_ready", int, 100_000, "READY tasks held in memory before submit() is refused", _positive),
+    Setting("result_cache", int, 10_000, "finished tasks kept in memory for status queries", _positive),
+    Setting("max_frame", int, 4 * 1024 * 1024, "largest frame accepted, in bytes", _positive),
+    Setting("client_buffer", int, 8 * 1024 * 1024, "unsent bytes a client may owe before it is dropped", _positive),
+    Setting("pidfile", _optional(str), None, "write the supervisor's pid to this file"),
+    Setting("log_file", _optional(str), None, "log here instead of stderr (reopened on SIGUSR1)"),
+    Setting("log_level", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR",
+            lambda v: None if v in ("DEBUG", "INFO", "WARNING", "ERROR") else "must be DEBUG, INFO, WARNING or ERROR"),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The supervisor's settings; built by ``load_config`` and never changed."""
+
+    workers: int
+    spool: str
+    socket: str | None
+    import_: tuple[str, ...]
+    socket_mode: int
+    socket_group: str | None
+    allow_uid: tuple[int, ...]
+    max_tasks_per_worker: int
+    max_memory_per_worker: int
+    graceful_timeout: float
+    max_ready: int
+    result_cache: int
+    max_frame: int
+    client_buffer: int
+    pidfile: str | None
+    log_file: str | None
+    log_level: str
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def socket_path(self) -> str:
+        return resolve_socket(self.spool, self.socket)
+
+
+def resolve_socket(spool: str | None, socket: str | None) -> str:
+    """The socket path both sides agree on: explicit socket, else SPOOL/taskpool.sock."""
+    if socket:
+        return os.path.abspath(socket)
+    return os.path.abspath(os.path.join(spool or BY_NAME["spool"].default, SOCKET_NAME))
+
+
+def _coerce(setting: Setting, raw: Any) -> Any:
+    if setting.many:
+        items = raw if isinstance(raw, (list, tuple)) else [raw]
+        return tuple(setting.parse(i) if isinstance(i, str) else i for i in items)
+    if isinstance(raw, str):
+        return setting.parse(raw)
+    return raw
+
+
+def load_config(explicit: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Build a Config from explicit values (CLI or Django), then env, then defaults.
+
+    Raises ConfigError naming the setting and the bad value."""
+    explicit = {k: v for k, v in (explicit or {}).items() if v is not None}
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name in explicit:
+            raw, source = explicit[setting.name], "argument"
+        elif setting.env and environ.get(setting.env):
+            raw, source = environ[setting.env], f"${setting.env}"
+        else:
+            values[setting.name] = setting.default
+            continue
+        try:
+            value = _coerce(setting, raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{setting.name} ({source}): {raw!r} is not valid: {exc}") from None
+        checked = value if setting.many else (value,)
+        for item in checked:
+            problem = setting.check(item)
+            if problem:
+                raise ConfigError(f"{setting.name} ({source}): {raw!r} {problem}")
+        values[setting.name] = value
+    unknown = set(explicit) - set(BY_NAME)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return Config(**values, sources=dict(explicit))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; defaults stay None so load_config can tell them apart."""
+    for setting in SETTINGS:
+        flag = "--import" if setting.name == "import_" else setting.flag
+        kwargs: dict[str, Any] = {"dest": setting.name, "default": None, "help": setting.help}
+        if setting.many:
+            kwargs["action"] = "append"
+        parser.add_argument(flag, **kwargs)

@@ -1,0 +1,173 @@
+"""The supervisor's book of tasks: the one place where a task changes state.
+
+Every transition (accept, start, progress, retry, finish) is a method here, and
+each one tells the listeners (``listen``): the waiters of ``Query(wait=...)``
+today, the recorder that persists status tomorrow. Nothing else assigns
+``TaskState.status``. Finished tasks are kept, newest last, up to ``keep_finished``
+so that handles can read their result; older ones are forgotten.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .protocol import (
+    CANCELLED,
+    FAILED,
+    FINAL_STATUSES,
+    READY,
+    RUNNING,
+    SUCCESSFUL,
+    Submit,
+    TaskInfo,
+)
+
+Listener = Callable[["TaskState", str], None]
+
+
+@dataclass(slots=True)
+class TaskState:
+    task_id: str
+    name: str
+    args: list
+    kwargs: dict
+    priority: int
+    run_after: float | None
+    max_attempts: int
+    timeout: float | None
+    queue: str
+    status: str = READY
+    attempts: int = 0
+    progress: float | None = None
+    progress_message: str | None = None
+    result: Any = None
+    errors: list = field(default_factory=list)
+    worker_pids: list = field(default_factory=list)
+    enqueued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def info(self) -> TaskInfo:
+        return TaskInfo(
+            self.task_id,
+            self.name,
+            self.status,
+            self.attempts,
+            self.progress,
+            self.progress_message,
+            self.result,
+            self.errors,
+            self.worker_pids,
+        )
+
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+def _pick(given: Any, defaults: dict, key: str, fallback: Any) -> Any:
+    if given is not None:
+        return given
+    return defaults.get(key, fallback)
+
+
+def error_dict(type_path: str, message: str, traceback: str = "") -> dict:
+    return {"type": type_path, "message": message, "traceback": traceback}
+
+
+class Ledger:
+    def __init__(self, keep_finished: int) -> None:
+        self.keep_finished = keep_finished
+        self.active: dict[str, TaskState] = {}
+        self.finished: OrderedDict[str, TaskState] = OrderedDict()
+        self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "retried": 0}
+        self._listeners: list[Listener] = []
+
+    def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _tell(self, task: TaskState, event: str) -> None:
+        for listener in self._listeners:
+            listener(task, event)
+
+    def get(self, task_id: str) -> TaskState | None:
+        return self.active.get(task_id) or self.finished.get(task_id)
+
+    def accept(self, msg: Submit, defaults: dict | None) -> TaskState:
+        """A new READY task; options the Submit left None come from ``defaults``
+        (the task's registered options), else from the built-in defaults."""
+        known = defaults or {}
+        task = TaskState(
+            msg.task_id, msg.name, msg.args, msg.kwargs,
+            _pick(msg.priority, known, "priority", 0),
+            msg.run_after,
+            _pick(msg.max_attempts, known, "max_attempts", DEFAULT_MAX_ATTEMPTS),
+            _pick(msg.timeout, known, "timeout", None),
+            _pick(msg.queue, known, "queue", "default"),
+            enqueued_at=time.time(),
+        )
+        self.active[task.task_id] = task
+        self.counters["submitted"] += 1
+        self._tell(task, "accepted")
+        return task
+
+    def start(self, task: TaskState, worker_pid: int) -> None:
+        task.status = RUNNING
+        task.attempts += 1
+        task.started_at = time.time()
+        task.worker_pids.append(worker_pid)
+        self._tell(task, "started")
+
+    def report_progress(self, task: TaskState, percent: float, message: str | None) -> None:
+        task.progress = float(percent)
+        task.progress_message = message
+        self._tell(task, "progress")
+
+    def retry(self, task: TaskState, error: dict) -> None:
+        """Back to READY after a failed attempt (the caller queues it again)."""
+        task.status = READY
+        task.errors.append(error)
+        self.counters["retried"] += 1
+        self._tell(task, "retried")
+
+    def interrupt(self, task: TaskState, why: str) -> None:
+        """Back to READY because the supervisor stopped it (not the task's fault):
+        the attempt is given back."""
+        task.status = READY
+        task.attempts = max(0, task.attempts - 1)
+        task.progress_message = why
+        self._tell(task, "interrupted")
+
+    def succeed(self, task: TaskState, result: Any) -> None:
+        task.result = result
+        if task.progress is not None:
+            task.progress = 100.0
+        self._finish(task, SUCCESSFUL, "succeeded")
+
+    def fail(self, task: TaskState, error: dict) -> None:
+        task.errors.append(error)
+        self._finish(task, FAILED, "failed")
+
+    def cancel(self, task: TaskState, error: dict | None = None) -> None:
+        if error:
+            task.errors.append(error)
+        self._finish(task, CANCELLED, "cancelled")
+
+    def _finish(self, task: TaskState, status: str, counter: str) -> None:
+        if task.is_final:  # exactly one final status per task
+            return
+        task.status = status
+        task.finished_at = time.time()
+        task.args, task.kwargs = [], {}  # no longer needed; keep memory bounded
+        self.counters[counter] += 1
+        self.active.pop(task.task_id, None)
+        self.finished[task.task_id] = task
+        while len(self.finished) > self.keep_finished:
+            self.finished.popitem(last=False)
+        self._tell(task, "finished")

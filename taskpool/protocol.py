@@ -1,0 +1,344 @@
+"""Wire protocol: message types, framing and an incremental decoder. No I/O here.
+
+Wire format, version 1 (docs/protocol.md has the full table)::
+
+    frame   := length:uint32 big-endian  payload:length bytes
+    payload := msgpack array [type_code:int, field1, field2, ...]
+
+A connection opens with the client's ``Hello("taskpool", PROTOCOL_VERSION)``; the
+supervisor answers ``Welcome`` or an ``Error`` and closes. Workers speak over a
+socketpair made at fork and skip the handshake: their first frame is ``Ready``.
+
+Limits are enforced while decoding, before any allocation they would cost:
+a frame longer than ``max_frame`` is refused from its 4-byte header alone, and
+msgpack's own container limits are bounded by the payload size. Only the fixed
+table of message types below can be decoded; nothing read off the wire is
+imported or called.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, fields
+from operator import attrgetter
+from typing import Any, ClassVar, Iterator
+
+import msgpack
+
+from .errors import InvalidArguments, ProtocolError
+
+PROTOCOL_VERSION = 1
+MAGIC = "taskpool"
+DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+HEADER = struct.Struct(">I")
+
+#: Error codes that may cross the wire; anything else is mapped to "internal".
+ERROR_CODES = frozenset(
+    {
+        "bad_frame",
+        "bad_version",
+        "unknown_task",
+        "invalid_arguments",
+        "not_found",
+        "forbidden",
+        "queue_full",
+        "shutting_down",
+        "boot_failed",
+        "internal",
+    }
+)
+
+#: Task statuses, named as Django's TaskResultStatus names them.
+READY, RUNNING, SUCCESSFUL, FAILED, CANCELLED = (
+    "READY",
+    "RUNNING",
+    "SUCCESSFUL",
+    "FAILED",
+    "CANCELLED",
+)
+FINAL_STATUSES = frozenset({SUCCESSFUL, FAILED, CANCELLED})
+STATUSES = frozenset({READY, RUNNING}) | FINAL_STATUSES
+
+_NUMBER = (int, float)
+_OPT_NUMBER = (int, float, type(None))
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+_OPT_DICT = (dict, type(None))
+_ANY = (object,)
+
+
+class Message:
+    """Base of all frames. Subclasses are frozen, slotted dataclasses."""
+
+    type_code: ClassVar[int]
+    _types: ClassVar[tuple[tuple[type, ...], ...]]
+    _getter: ClassVar[Any]
+
+
+_BY_CODE: dict[int, type[Message]] = {}
+
+
+def message(code: int, *types: tuple[type, ...]):
+    """Register a message class under ``code`` with the accepted type of each field."""
+
+    def register(cls: type) -> type:
+        cls = dataclass(frozen=True, slots=True)(cls)
+        names = [f.name for f in fields(cls)]
+        if len(names) != len(types):
+            raise AssertionError(f"{cls.__name__}: {len(names)} fields, {len(types)} types")
+        cls.type_code = code
+        cls._types = types
+        cls._getter = attrgetter(*names) if len(names) > 1 else None
+        _BY_CODE[code] = cls
+        return cls
+
+    return register
+
+
+# -- client -> supervisor ---------------------------------------------------
+
+
+@message(1, (str,), (int,))
+class Hello(Message):
+    magic: str
+    version: int
+
+
+@message(2, (str,), (str,), (list,), (dict,), _OPT_INT, _OPT_NUMBER, _OPT_INT, _OPT_NUMBER, _OPT_STR)
+class Submit(Message):
+    """A new task. Options left None take the task's registered defaults."""
+
+    task_id: str
+    name: str
+    args: list
+    kwargs: dict
+    priority: int | None = None
+    run_after: float | None = None  # wall-clock epoch seconds
+    max_attempts: int | None = None
+    timeout: float | None = None
+    queue: str | None = None
+
+
+@message(3, (str,), _NUMBER)
+class Query(Message):
+    """Ask for a task's state; with ``wait`` > 0 the reply comes when it is final
+    or when ``wait`` seconds have passed, whichever is first."""
+
+    task_id: str
+    wait: float = 0.0
+
+
+@message(4, (str,))
+class Cancel(Message):
+    task_id: str
+
+
+@message(5)
+class StatsRequest(Message):
+    pass
+
+
+# -- supervisor -> client ---------------------------------------------------
+
+
+@message(10, (int,), (int,))
+class Welcome(Message):
+    version: int
+    pid: int
+
+
+@message(11, (str,))
+class Accepted(Message):
+    task_id: str
+
+
+@message(12, (str,), (str,), (str,), (int,), _OPT_NUMBER, _OPT_STR, _ANY, (list,), (list,))
+class TaskInfo(Message):
+    task_id: str
+    name: str
+    status: str
+    attempts: int
+    progress: float | None
+    progress_message: str | None
+    result: Any
+    errors: list  # one error dict per failed attempt, oldest first
+    worker_pids: list
+
+
+@message(13, (dict,))
+class Stats(Message):
+    data: dict
+
+
+@message(14, (str,), (str,), _OPT_STR)
+class Error(Message):
+    code: str
+    message: str
+    task_id: str | None = None
+
+
+# -- supervisor <-> worker --------------------------------------------------
+
+
+@message(20, (str,), (str,), (list,), (dict,), (int,))
+class Run(Message):
+    task_id: str
+    name: str
+    args: list
+    kwargs: dict
+    attempt: int
+
+
+@message(30, (int,), (int,), (dict,))
+class Ready(Message):
+    """A worker booted; ``tasks`` maps each registered name to its default options
+    (priority, queue, max_attempts, timeout)."""
+
+    pid: int
+    generation: int
+    tasks: dict
+
+
+@message(31, (str,), _NUMBER, _OPT_STR)
+class Progress(Message):
+    task_id: str
+    percent: float
+    message: str | None = None
+
+
+@message(32, (str,), (bool,), _ANY, _OPT_DICT, (int,))
+class Done(Message):
+    task_id: str
+    ok: bool
+    result: Any
+    error: dict | None  # {"type": "pkg.mod.Class", "message": str, "traceback": str}
+    rss: int  # worker RSS in bytes after the task, 0 when not measured
+
+
+# -- encoding ---------------------------------------------------------------
+
+
+def _reject_value(value: object) -> None:
+    raise InvalidArguments(f"{type(value).__name__} is not a JSON-compatible value")
+
+
+def encode(msg: Message) -> bytes:
+    """One frame: header and payload. Raises InvalidArguments for unencodable values."""
+    getter = msg._getter
+    if getter is None:
+        values = [msg.type_code] + [getattr(msg, f.name) for f in fields(msg)]
+    else:
+        values = [msg.type_code, *getter(msg)]
+    try:
+        payload = msgpack.packb(values, default=_reject_value, use_bin_type=True)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise InvalidArguments(f"cannot encode {type(msg).__name__}: {exc}") from None
+    return HEADER.pack(len(payload)) + payload
+
+
+def check_json_compatible(value: Any, where: str = "value", depth: int = 0) -> None:
+    """Raise InvalidArguments unless ``value`` is made of JSON types only.
+
+    Tuples count as lists (they arrive as lists). Integers must fit in 64 bits,
+    floats must be finite, mapping keys must be strings."""
+    if depth > 100:
+        raise InvalidArguments(f"{where} is nested more than 100 levels deep")
+    kind = type(value)
+    if value is None or kind is bool or kind is str:
+        return
+    if kind is int:
+        if not -(2**63) <= value < 2**64:
+            raise InvalidArguments(f"{where}: integer {value} does not fit in 64 bits")
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise InvalidArguments(f"{where}: {value} is not a JSON number")
+        return
+    if kind is list or kind is tuple:
+        for index, item in enumerate(value):
+            check_json_compatible(item, f"{where}[{index}]", depth + 1)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise InvalidArguments(f"{where}: key {key!r} is not a string")
+            check_json_compatible(item, f"{where}[{key!r}]", depth + 1)
+        return
+    raise InvalidArguments(f"{where} is a {kind.__name__}, not a JSON-compatible value")
+
+
+# -- decoding ---------------------------------------------------------------
+
+
+def _ext_hook(code: int, data: bytes) -> None:
+    raise ProtocolError(f"msgpack extension type {code} is not allowed")
+
+
+def decode_payload(payload: bytes | memoryview) -> Message:
+    """Decode one frame's payload into a message, checking its type and fields."""
+    try:
+        values = msgpack.unpackb(payload, raw=False, ext_hook=_ext_hook, timestamp=0)
+    except ProtocolError:
+        raise
+    except (ValueError, msgpack.UnpackException, TypeError, OverflowError, RecursionError) as exc:
+        raise ProtocolError(f"undecodable payload: {type(exc).__name__}: {exc}") from None
+    if type(values) is not list or not values or type(values[0]) is not int:
+        raise ProtocolError("payload is not an array starting with a message type code")
+    cls = _BY_CODE.get(values[0])
+    if cls is None:
+        raise ProtocolError(f"unknown message type {values[0]}")
+    args = values[1:]
+    types = cls._types
+    if len(args) != len(types):
+        raise ProtocolError(f"{cls.__name__} takes {len(types)} fields, got {len(args)}")
+    for index, (value, accepted) in enumerate(zip(args, types)):
+        if accepted is _ANY:
+            continue
+        if not isinstance(value, accepted) or (type(value) is bool and bool not in accepted):
+            name = fields(cls)[index].name
+            raise ProtocolError(f"{cls.__name__}.{name} has type {type(value).__name__}")
+    return cls(*args)
+
+
+class Decoder:
+    """Accumulates bytes and yields whole messages; refuses oversized frames.
+
+    Memory is bounded by ``max_frame`` plus one read: a frame's length is checked
+    from its header before its body is buffered."""
+
+    __slots__ = ("max_frame", "_buffer")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[Message]:
+        """Add bytes; iterate over every message now complete (possibly none).
+
+        Consume the iterator fully. A bad frame raises ProtocolError when reached,
+        after the good frames before it have been yielded."""
+        self._buffer += data
+        return self._drain()
+
+    def _drain(self) -> Iterator[Message]:
+        buffer = self._buffer
+        offset = 0
+        try:
+            while len(buffer) - offset >= 4:
+                (length,) = HEADER.unpack_from(buffer, offset)
+                if length > self.max_frame:
+                    raise ProtocolError(f"frame of {length} bytes exceeds the {self.max_frame}-byte limit")
+                end = offset + 4 + length
+                if len(buffer) < end:
+                    break
+                payload = bytes(buffer[offset + 4 : end])
+                offset = end
+                yield decode_payload(payload)
+        finally:
+            del buffer[:offset]
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held; non-zero at EOF means a cut-off frame."""
+        return len(self._buffer)

@@ -1,0 +1,156 @@
+"""The ``@taskpool.task`` decorator: task names, options and the registry.
+
+Only functions registered here can be run, and only by name: a frame names a
+task, never a callable. Workers import the user's modules after fork, which
+fills their registry; the supervisor learns the names from each worker's Ready
+frame and never imports user code itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+MIN_PRIORITY, MAX_PRIORITY = -100, 100  # Django's Tasks framework uses the same range
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Per-task defaults, overridable per call with ``Task.using``."""
+
+    priority: int = 0
+    queue: str = "default"
+    max_attempts: int = 3
+    timeout: float | None = None
+    run_after: float | None = None  # wall-clock epoch seconds
+
+    def __post_init__(self) -> None:
+        if type(self.priority) is not int or not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
+            raise ConfigError(f"priority must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}, got {self.priority!r}")
+        if type(self.max_attempts) is not int or self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be an integer of at least 1, got {self.max_attempts!r}")
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise ConfigError(f"timeout must be a number of seconds greater than 0, got {self.timeout!r}")
+        if not isinstance(self.queue, str) or not self.queue:
+            raise ConfigError(f"queue must be a non-empty string, got {self.queue!r}")
+
+
+def _epoch(run_after: Any) -> float | None:
+    if run_after is None:
+        return None
+    if isinstance(run_after, dt.datetime):
+        if run_after.tzinfo is None:
+            raise ConfigError("run_after must be a timezone-aware datetime")
+        return run_after.timestamp()
+    if isinstance(run_after, (int, float)) and not isinstance(run_after, bool):
+        return float(run_after)
+    raise ConfigError(f"run_after must be an aware datetime or epoch seconds, got {run_after!r}")
+
+
+class Task:
+    """A registered function. Calling it runs it here; ``submit`` sends it to the pool."""
+
+    def __init__(self, func: Callable[..., Any], name: str, options: TaskOptions) -> None:
+        self.func = func
+        self.name = name
+        self.options = options
+        self.__doc__ = func.__doc__
+        self.__wrapped__ = func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<taskpool.Task {self.name}>"
+
+    def using(
+        self,
+        *,
+        priority: int | None = None,
+        queue_name: str | None = None,
+        run_after: Any = None,
+        delay: float | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+    ) -> Task:
+        """A copy with per-call options (names follow Django's ``Task.using``)."""
+        changes: dict[str, Any] = {}
+        if priority is not None:
+            changes["priority"] = priority
+        if queue_name is not None:
+            changes["queue"] = queue_name
+        if timeout is not None:
+            changes["timeout"] = timeout
+        if max_attempts is not None:
+            changes["max_attempts"] = max_attempts
+        if delay is not None and run_after is not None:
+            raise ConfigError("give delay or run_after, not both")
+        if delay is not None:
+            if not isinstance(delay, (int, float)) or delay < 0:
+                raise ConfigError(f"delay must be a number of seconds, 0 or more, got {delay!r}")
+            changes["run_after"] = time.time() + delay
+        elif run_after is not None:
+            changes["run_after"] = _epoch(run_after)
+        return Task(self.func, self.name, replace(self.options, **changes))
+
+    def submit(self, *args: Any, **kwargs: Any):
+        """Send this task to the supervisor; returns a ``TaskHandle`` at once."""
+        from .client import submit  # the client sits above the registry
+
+        return submit(self, *args, **kwargs)
+
+
+class Registry:
+    """Name -> Task. One instance per process (``default_registry``)."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    def register(self, task: Task) -> Task:
+        existing = self._tasks.get(task.name)
+        if existing is not None and existing.func.__code__ is not task.func.__code__:
+            raise ConfigError(f"task name {task.name!r} is already registered by {existing.func!r}")
+        self._tasks[task.name] = task
+        return task
+
+    def get(self, name: str) -> Task | None:
+        return self._tasks.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def defaults(self) -> dict[str, dict]:
+        """Each task's default options, as a worker reports them to the supervisor."""
+        return {
+            name: {"priority": t.options.priority, "queue": t.options.queue,
+                   "max_attempts": t.options.max_attempts, "timeout": t.options.timeout}
+            for name, t in sorted(self._tasks.items())
+        }
+
+
+default_registry = Registry()
+
+
+def task(
+    func: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    priority: int = 0,
+    queue_name: str = "default",
+    max_attempts: int = 3,
+    timeout: float | None = None,
+) -> Any:
+    """Register a function as a task: ``@task`` or ``@task(timeout=30, ...)``."""
+
+    def register(fn: Callable[..., Any]) -> Task:
+        if not callable(fn):
+            raise ConfigError(f"@taskpool.task needs a function, got {fn!r}")
+        task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+        options = TaskOptions(priority=priority, queue=queue_name, max_attempts=max_attempts, timeout=timeout)
+        return default_registry.register(Task(fn, task_name, options))
+
+    return register(func) if func is not None else register

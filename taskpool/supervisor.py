@@ -1,0 +1,827 @@
+"""The supervisor: one single-threaded loop that owns the workers, the queue and the tasks.
+
+Everything wakes one ``selectors`` wait: the listening socket, client connections,
+worker channels and a signal wakeup fd. Signal handlers only append the signal
+number to a list; the loop dispatches ``handle_<name>`` methods. One pass of the
+loop is ``tick(events, now)``, a handful of named steps that tests may call with a
+chosen clock::
+
+    read events -> handle signals -> reap children -> timers -> manage workers
+        -> dispatch -> flush output
+
+Data flow of a task: client ``Submit`` -> ledger.accept -> ready queue (or delay
+heap) -> ``Run`` to an idle worker -> ``Progress``* / ``Done`` from the worker ->
+ledger.succeed/fail -> waiting clients get ``TaskInfo``. The supervisor never
+imports user code and never blocks on a database.
+"""
+
+from __future__ import annotations
+
+import grp
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from . import __version__, titles
+from .children import WorkerProc, WorkerState, describe_exit, kill, reap, spawn
+from .config import Config, load_config
+from .errors import ConfigError, ProtocolError
+from .health import ProcessSampler
+from .ledger import Ledger, TaskState, error_dict
+from .protocol import (
+    MAGIC,
+    PROTOCOL_VERSION,
+    READY,
+    RUNNING,
+    Accepted,
+    Cancel,
+    Done,
+    Error,
+    Hello,
+    Message,
+    Progress,
+    Query,
+    Ready,
+    Run,
+    Stats,
+    StatsRequest,
+    Submit,
+    Welcome,
+    encode,
+)
+from .queue import DelayHeap, ReadyQueue
+from .registry import MAX_PRIORITY, MIN_PRIORITY
+from .transport import Closed, FramedConnection, listen, peer_credentials
+
+log = logging.getLogger("taskpool.supervisor")
+
+BOOT_FAILURE_EXIT = 3
+MAX_WAIT = 3600.0
+MAX_ID_LENGTH = 200
+RESPAWN_BACKOFF = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
+CRASH_WINDOW = 5.0  # a worker dying sooner than this after boot counts toward backoff
+HANDLED_SIGNALS = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
+
+
+class SupervisorExit(Exception):
+    """Raised inside the loop to stop with an exit code and a message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True, eq=False)
+class Client:
+    conn: FramedConnection
+    greeted: bool = False
+    closing: bool = False  # close once the outbox is flushed
+    closed: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Waiter:
+    client: Client
+    task_id: str
+    done: bool = False
+
+
+class Supervisor:
+    def __init__(self, config: Config, explicit: dict | None = None) -> None:
+        self.config = config
+        self.explicit = dict(explicit or {})
+        self.selector = selectors.DefaultSelector()
+        self.ledger = Ledger(config.result_cache)
+        self.ledger.listen(self._on_task_event)
+        self.ready = ReadyQueue()
+        self.delayed = DelayHeap()
+        self.workers: dict[int, WorkerProc] = {}
+        self.clients: dict[int, Client] = {}
+        self.dirty: set[FramedConnection] = set()
+        self.waiters: dict[str, list[Waiter]] = {}
+        self.waiter_deadlines: list[tuple[float, int, Waiter]] = []
+        self.waiter_seq = itertools.count()
+        self.pending_signals: list[int] = []
+        self.sampler = ProcessSampler()
+        self.generation = 1
+        self.previous_generation: int | None = None  # set while a reload is in progress
+        self.target = config.workers
+        self.task_defaults: dict[str, dict] = {}  # from the current generation's Ready frames
+        self.phase = "starting"
+        self.stop_deadline: float | None = None
+        self.exit_code = 0
+        self.crash_streak = 0
+        self.next_spawn_at = 0.0
+        self.ever_ready = False
+        self.counters = {"worker_restarts": 0, "worker_crashes": 0, "timeouts": 0}
+        self.started_wall = time.time()
+        self.started_mono = time.monotonic()
+        self.listener: socket.socket | None = None
+        self.socket_path = config.socket_path
+        self._wake_r, self._wake_w = socket.socketpair()
+        for end in (self._wake_r, self._wake_w):
+            end.setblocking(False)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def open(self) -> None:
+        """Bind the socket and register the fixed event sources."""
+        self.listener = listen(self.socket_path, self.config.socket_mode, self.config.socket_group)
+        self._listener_ino = os.stat(self.socket_path).st_ino
+        self.selector.register(self.listener, selectors.EVENT_READ, self._on_accept)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
+        self.allowed_uids = {os.getuid(), 0, *self.config.allow_uid}
+        self.allowed_gid = grp.getgrnam(self.config.socket_group).gr_gid if self.config.socket_group else None
+        self.phase = "running"
+        titles.set_title(f"supervisor gen {self.generation} {self.socket_path}")
+
+    def run(self) -> int:
+        """Serve until stopped; returns the process exit code."""
+        with self.installed_signals():
+            try:
+                while self.phase != "stopped":
+                    events = self.selector.select(self.next_timeout(time.monotonic()))
+                    self.tick(events, time.monotonic())
+            except SupervisorExit as exc:
+                log.error("%s", exc)
+                self.exit_code = exc.code
+                self.stop_now(time.monotonic())
+                self.wait_for_children()
+            finally:
+                self.close()
+        return self.exit_code
+
+    @contextmanager
+    def installed_signals(self) -> Iterator[None]:
+        """Handlers that only record; always restored on the way out."""
+        previous = {}
+        old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            for name in HANDLED_SIGNALS:
+                signum = getattr(signal, f"SIG{name}")
+                previous[signum] = signal.signal(signum, self._record_signal)
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(old_wakeup)
+
+    def _record_signal(self, signum: int, frame: Any) -> None:
+        self.pending_signals.append(signum)
+
+    def close(self) -> None:
+        """Release the socket (only if it is still ours), channels and selector."""
+        if self.listener is not None:
+            self.listener.close()
+            try:
+                if os.stat(self.socket_path).st_ino == self._listener_ino:
+                    os.unlink(self.socket_path)
+            except FileNotFoundError:
+                pass
+            self.listener = None
+        for client in list(self.clients.values()):
+            self._drop_client(client)
+        for worker in self.workers.values():
+            if worker.conn is not None:
+                worker.conn.close()
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _close_in_child(self) -> None:
+        """In a freshly forked worker: drop every descriptor of the supervisor's."""
+        for key in list(self.selector.get_map().values()):
+            fileobj = key.fileobj
+            if hasattr(fileobj, "close"):
+                fileobj.close()
+        self.selector.close()
+        self._wake_w.close()
+        self._wake_r.close()
+
+    # -- the loop ------------------------------------------------------------
+
+    def tick(self, events: list, now: float) -> None:
+        for key, mask in events:
+            key.data(key, mask, now)
+        self.handle_signals(now)
+        self.reap_children(now)
+        self.check_timers(now)
+        self.manage_workers(now)
+        self.dispatch(now)
+        self.flush_output()
+        if self.phase == "stopping" and not self.workers:
+            self.phase = "stopped"
+
+    def next_timeout(self, now: float) -> float:
+        candidates = [1.0]
+        due = self.delayed.next_due()
+        if due is not None:
+            candidates.append(due - now)
+        for worker in self.workers.values():
+            for moment in (worker.deadline, worker.kill_at):
+                if moment is not None:
+                    candidates.append(moment - now)
+        if self.waiter_deadlines:
+            candidates.append(self.waiter_deadlines[0][0] - now)
+        if self.stop_deadline is not None:
+            candidates.append(self.stop_deadline - now)
+        if self.next_spawn_at > now:
+            candidates.append(self.next_spawn_at - now)
+        return max(0.0, min(candidates))
+
+    # -- signals -------------------------------------------------------------
+
+    def _on_wakeup(self, key: Any, mask: int, now: float) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def handle_signals(self, now: float) -> None:
+        while self.pending_signals:
+            signum = self.pending_signals.pop(0)
+            name = signal.Signals(signum).name[3:].lower()
+            getattr(self, f"handle_{name}")(now)
+
+    def handle_chld(self, now: float) -> None:
+        pass  # reap_children runs every tick
+
+    def handle_hup(self, now: float) -> None:
+        self.reload(now)
+
+    def handle_term(self, now: float) -> None:
+        self.begin_stop(now, graceful=True)
+
+    def handle_int(self, now: float) -> None:
+        if self.phase == "stopping":
+            log.warning("second SIGINT: stopping at once")
+            self.stop_now(now)
+        else:
+            self.begin_stop(now, graceful=True)
+
+    def handle_quit(self, now: float) -> None:
+        self.stop_now(now)
+
+    def handle_ttin(self, now: float) -> None:
+        self.target += 1
+        log.info("SIGTTIN: target is now %d workers", self.target)
+
+    def handle_ttou(self, now: float) -> None:
+        self.target = max(1, self.target - 1)
+        log.info("SIGTTOU: target is now %d workers", self.target)
+
+    def handle_usr1(self, now: float) -> None:
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()  # reopened on the next record
+        for worker in self.workers.values():
+            kill(worker.pid, signal.SIGUSR1)
+        log.info("SIGUSR1: log files reopened")
+
+    # -- stop and reload -----------------------------------------------------
+
+    def begin_stop(self, now: float, graceful: bool) -> None:
+        if self.phase == "stopping":
+            return
+        log.info("stopping: waiting up to %.1fs for %d running task(s)", self.config.graceful_timeout, self._running())
+        self.phase = "stopping"
+        self.stop_deadline = now + self.config.graceful_timeout
+        for worker in list(self.workers.values()):
+            self.retire(worker, now)
+
+    def stop_now(self, now: float) -> None:
+        self.phase = "stopping"
+        self.stop_deadline = now
+        for worker in list(self.workers.values()):
+            self._kill_interrupting(worker, "stopped at once by the supervisor")
+
+    def _kill_interrupting(self, worker: WorkerProc, why: str) -> None:
+        """SIGKILL a worker; its task goes back to READY without spending an attempt."""
+        task = self.ledger.active.get(worker.task_id) if worker.task_id else None
+        if task is not None and task.status == RUNNING:
+            self.ledger.interrupt(task, why)
+            self._enqueue(task, time.monotonic())
+        worker.task_id = None
+        self._kill(worker)
+
+    def wait_for_children(self) -> None:
+        while self.workers:
+            pid, status = os.waitpid(-1, 0)
+            worker = self.workers.pop(pid, None)
+            if worker is not None and worker.conn is not None:
+                self._unregister(worker.conn)
+
+    def reload(self, now: float) -> None:
+        """New config, new generation; old workers retire as new ones become ready."""
+        if self.phase != "running":
+            return
+        try:
+            config = load_config(self.explicit)
+        except ConfigError as exc:
+            log.error("SIGHUP: reload refused, configuration is invalid: %s", exc)
+            return
+        if config.socket_path != self.socket_path:
+            log.warning("SIGHUP: the socket path cannot change on reload; keeping %s", self.socket_path)
+        self.config = config
+        self.target = config.workers
+        self.handle_usr1(now)
+        if self.previous_generation is None:
+            self.previous_generation = self.generation
+        self.generation += 1
+        log.info("SIGHUP: reloading, starting generation %d", self.generation)
+        titles.set_title(f"supervisor gen {self.generation} {self.socket_path}")
+
+    def _abort_reload(self, reason: str) -> None:
+        failed, self.generation = self.generation, self.previous_generation or self.generation
+        self.previous_generation = None
+        log.error("reload failed, generation %d keeps running: %s", self.generation, reason)
+        for worker in list(self.workers.values()):
+            if worker.generation == failed:
+                self._kill(worker)
+
+    # -- children --------------------------------------------------------------
+
+    def manage_workers(self, now: float) -> None:
+        if self.phase != "running":
+            return
+        current = [w for w in self.workers.values() if w.generation == self.generation and w.serving]
+        if len(current) > self.target:
+            excess = sorted(current, key=lambda w: (w.state != WorkerState.IDLE, w.started))
+            for worker in excess[: len(current) - self.target]:
+                self.retire(worker, now)
+        elif len(current) < self.target and now >= self.next_spawn_at:
+            used = {w.wid for w in current}
+            free = (wid for wid in itertools.count(1) if wid not in used)
+            for wid in itertools.islice(free, self.target - len(current)):
+                self._spawn(wid, now)
+
+    def _spawn(self, wid: int, now: float) -> None:
+        worker = spawn(
+            wid, self.generation, self.config.import_, self.config.max_frame, self.config.client_buffer,
+            self.config.max_memory_per_worker > 0, self._close_in_child, now,
+        )
+        self.workers[worker.pid] = worker
+        self.selector.register(worker.conn.sock, selectors.EVENT_READ, self._worker_event(worker))
+        log.debug("forked worker %d gen %d pid %d", wid, worker.generation, worker.pid)
+
+    def _worker_event(self, worker: WorkerProc) -> Callable[[Any, int, float], None]:
+        def on_event(key: Any, mask: int, now: float) -> None:
+            if mask & selectors.EVENT_WRITE:
+                self._flush(worker.conn)
+            if mask & selectors.EVENT_READ and worker.conn is not None:
+                self._read_worker(worker, now)
+
+        return on_event
+
+    def _read_worker(self, worker: WorkerProc, now: float) -> None:
+        try:
+            for msg in worker.conn.read():
+                self.handle_worker_message(worker, msg, now)
+        except Closed:
+            self._unregister(worker.conn)  # death is handled when it is reaped
+            worker.conn = None
+        except ProtocolError as exc:
+            log.error("worker %d sent a bad frame (%s); killing it", worker.pid, exc)
+            self._kill(worker)
+
+    def handle_worker_message(self, worker: WorkerProc, msg: Message, now: float) -> None:
+        if isinstance(msg, Done):
+            self._on_done(worker, msg, now)
+        elif isinstance(msg, Progress):
+            task = self.ledger.active.get(msg.task_id)
+            if task is not None and worker.task_id == msg.task_id:
+                self.ledger.report_progress(task, min(max(msg.percent, 0.0), 100.0), msg.message)
+        elif isinstance(msg, Ready):
+            self._on_ready(worker, msg, now)
+        elif isinstance(msg, Error) and msg.code == "boot_failed":
+            worker.boot_error = msg.message
+        else:
+            raise ProtocolError(f"unexpected {type(msg).__name__} from a worker")
+
+    def _on_ready(self, worker: WorkerProc, msg: Ready, now: float) -> None:
+        if worker.state != WorkerState.BOOTING:
+            return
+        worker.state = WorkerState.IDLE
+        worker.names = sorted(msg.tasks)
+        self.ever_ready = True
+        if worker.generation == self.generation:
+            self.task_defaults = msg.tasks
+            self.crash_streak = 0
+        if self.previous_generation is not None and worker.generation == self.generation:
+            self._retire_one_old(now)
+
+    def _retire_one_old(self, now: float) -> None:
+        old = [w for w in self.workers.values() if w.generation != self.generation and w.serving]
+        if not old:
+            self.previous_generation = None
+            log.info("reload done: generation %d serving", self.generation)
+            return
+        old.sort(key=lambda w: (w.state != WorkerState.IDLE, w.started))
+        self.retire(old[0], now)
+        if len(old) == 1:
+            self.previous_generation = None
+            log.info("reload done: generation %d serving", self.generation)
+
+    def _on_done(self, worker: WorkerProc, msg: Done, now: float) -> None:
+        if worker.task_id != msg.task_id:
+            return  # a task we already gave up on (cancelled)
+        task = self.ledger.active.get(msg.task_id)
+        worker.task_id = None
+        worker.deadline = None
+        worker.tasks_done += 1
+        worker.state = WorkerState.IDLE
+        if task is not None:
+            if msg.ok:
+                self.ledger.succeed(task, msg.result)
+            else:
+                self.ledger.fail(task, msg.error or error_dict("builtins.Exception", "task failed"))
+        limit_tasks = self.config.max_tasks_per_worker
+        limit_mb = self.config.max_memory_per_worker
+        if worker.retire_after_task or worker.generation != self.generation or self.phase != "running":
+            self.retire(worker, now)
+        elif limit_tasks and worker.tasks_done >= limit_tasks:
+            log.info("worker %d did %d tasks; recycling it", worker.pid, worker.tasks_done)
+            self.retire(worker, now)
+        elif limit_mb and msg.rss > limit_mb * 1024 * 1024:
+            log.info("worker %d uses %d MB; recycling it", worker.pid, msg.rss // 2**20)
+            self.retire(worker, now)
+
+    def retire(self, worker: WorkerProc, now: float) -> None:
+        """Let the worker finish its task, then close its channel so it exits."""
+        if worker.state == WorkerState.BUSY:
+            worker.retire_after_task = True
+            return
+        if worker.state in (WorkerState.RETIRING, WorkerState.KILLED):
+            return
+        worker.state = WorkerState.RETIRING
+        worker.kill_at = now + max(self.config.graceful_timeout, 1.0)
+        if worker.conn is not None:
+            self._unregister(worker.conn)
+            worker.conn = None
+
+    def _kill(self, worker: WorkerProc) -> None:
+        worker.state = WorkerState.KILLED
+        worker.kill_at = None
+        worker.deadline = None
+        kill(worker.pid)
+
+    def reap_children(self, now: float) -> None:
+        for pid, status in reap():
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                self._on_exit(worker, status, now)
+
+    def _on_exit(self, worker: WorkerProc, status: int, now: float) -> None:
+        if worker.conn is not None:
+            self._unregister(worker.conn)
+            worker.conn = None
+        how = describe_exit(status)
+        expected = worker.state in (WorkerState.RETIRING, WorkerState.KILLED)
+        if worker.task_id is not None:
+            self._worker_lost(worker, how, now)
+        if worker.state == WorkerState.BOOTING:
+            self._boot_failed(worker, how, now)
+        elif not expected:
+            log.warning("worker %d (pid %d) %s", worker.wid, worker.pid, how)
+            self.counters["worker_crashes"] += 1
+            self._note_crash(worker, now)
+        if self.phase == "running":
+            self.counters["worker_restarts"] += 1
+
+    def _worker_lost(self, worker: WorkerProc, how: str, now: float) -> None:
+        task = self.ledger.active.get(worker.task_id)
+        worker.task_id = None
+        if task is None or task.status != RUNNING:
+            return
+        error = error_dict("taskpool.errors.WorkerLost", f"worker pid {worker.pid} {how} while running the task")
+        if task.attempts < task.max_attempts and self.phase == "running":
+            self.ledger.retry(task, error)
+            self._enqueue(task, now)
+        elif self.phase == "running":
+            self.ledger.fail(task, error)
+        else:
+            self.ledger.interrupt(task, error["message"])
+            self._enqueue(task, now)
+
+    def _note_crash(self, worker: WorkerProc, now: float) -> None:
+        if now - worker.started < CRASH_WINDOW:
+            self.crash_streak += 1
+        else:
+            self.crash_streak = 0
+        delay = RESPAWN_BACKOFF[min(self.crash_streak, len(RESPAWN_BACKOFF) - 1)]
+        self.next_spawn_at = now + delay
+        if delay:
+            log.warning("workers are dying soon after start; next spawn in %.1fs", delay)
+
+    def _boot_failed(self, worker: WorkerProc, how: str, now: float) -> None:
+        reason = worker.boot_error or f"worker {how} before it was ready"
+        if self.previous_generation is not None and worker.generation == self.generation:
+            self._abort_reload(reason)
+            return
+        serving = any(w.state in (WorkerState.IDLE, WorkerState.BUSY) for w in self.workers.values())
+        if not serving or not self.ever_ready:
+            raise SupervisorExit(BOOT_FAILURE_EXIT, f"cannot start workers: {reason}")
+        log.error("a replacement worker failed to boot: %s", reason)
+        self._note_crash(worker, now)
+
+    # -- timers ----------------------------------------------------------------
+
+    def check_timers(self, now: float) -> None:
+        for task_id in self.delayed.pop_due(now):
+            task = self.ledger.active.get(task_id)
+            if task is not None and task.status == READY:
+                self.ready.push(task_id, task.priority)
+        for worker in list(self.workers.values()):
+            if worker.deadline is not None and now >= worker.deadline:
+                self._time_out(worker)
+            elif worker.kill_at is not None and now >= worker.kill_at:
+                log.warning("worker %d did not exit in time; killing it", worker.pid)
+                self._kill(worker)
+        while self.waiter_deadlines and self.waiter_deadlines[0][0] <= now:
+            waiter = heapq.heappop(self.waiter_deadlines)[2]
+            self._answer_waiter(waiter)
+        if self.stop_deadline is not None and now >= self.stop_deadline:
+            self.stop_deadline = None
+            for worker in list(self.workers.values()):
+                if worker.state == WorkerState.BUSY:
+                    self._kill_interrupting(worker, "stopped at the graceful timeout")
+
+    def _time_out(self, worker: WorkerProc) -> None:
+        task = self.ledger.active.get(worker.task_id)
+        self.counters["timeouts"] += 1
+        worker.task_id = None
+        self._kill(worker)
+        if task is not None:
+            log.warning("task %s (%s) passed its %ss timeout; worker %d killed", task.task_id, task.name, task.timeout, worker.pid)
+            message = f"task {task.name} ran longer than its timeout of {task.timeout}s; its worker was killed"
+            self.ledger.fail(task, error_dict("taskpool.errors.TaskTimeout", message))
+
+    # -- dispatch --------------------------------------------------------------
+
+    def _enqueue(self, task: TaskState, now: float) -> None:
+        delay = (task.run_after - time.time()) if task.run_after else 0.0
+        if delay > 0:
+            self.delayed.push(task.task_id, now + delay)
+        else:
+            self.ready.push(task.task_id, task.priority)
+
+    def dispatch(self, now: float) -> None:
+        if self.phase != "running" or not self.ready:
+            return
+        for worker in self.workers.values():
+            if worker.state != WorkerState.IDLE or worker.retire_after_task or worker.conn is None:
+                continue
+            task_id = self.ready.pop()
+            if task_id is None:
+                return
+            self._start(worker, self.ledger.active[task_id], now)
+
+    def _start(self, worker: WorkerProc, task: TaskState, now: float) -> None:
+        self.ledger.start(task, worker.pid)
+        worker.state = WorkerState.BUSY
+        worker.task_id = task.task_id
+        worker.deadline = now + task.timeout if task.timeout else None
+        worker.conn.send(Run(task.task_id, task.name, task.args, task.kwargs, task.attempts))
+        self.dirty.add(worker.conn)
+
+    # -- clients ---------------------------------------------------------------
+
+    def _on_accept(self, key: Any, mask: int, now: float) -> None:
+        for _ in range(64):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("accept failed: %s", exc)
+                return
+            self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
+        conn = FramedConnection(sock, self.config.max_frame, self.config.client_buffer)
+        conn.peer = peer_credentials(sock)
+        client = Client(conn)
+        self.clients[conn.fd] = client
+        self.selector.register(sock, selectors.EVENT_READ, self._client_event(client))
+        pid, uid, gid = conn.peer
+        if uid not in self.allowed_uids and not (self.allowed_gid is not None and gid == self.allowed_gid):
+            log.warning("refused a connection from uid %d (pid %d)", uid, pid)
+            self._refuse(client, Error("forbidden", f"uid {uid} may not use this supervisor"))
+
+    def _client_event(self, client: Client) -> Callable[[Any, int, float], None]:
+        def on_event(key: Any, mask: int, now: float) -> None:
+            if client.closed:
+                return
+            if mask & selectors.EVENT_WRITE:
+                self._flush(client.conn)
+            if mask & selectors.EVENT_READ and not client.closing and not client.closed:
+                self._read_client(client, now)
+
+        return on_event
+
+    def _read_client(self, client: Client, now: float) -> None:
+        try:
+            for msg in client.conn.read():
+                if client.closing:
+                    break
+                self.handle_client_message(client, msg, now)
+        except Closed:
+            self._drop_client(client)
+        except ProtocolError as exc:
+            log.warning("bad frame from client pid %s: %s", client.conn.peer[0], exc)
+            self._refuse(client, Error("bad_frame", str(exc)))
+
+    def _refuse(self, client: Client, error: Error) -> None:
+        """Send a last error, then close once it is written."""
+        client.closing = True
+        client.conn.outbox.clear()
+        client.conn.outbox += encode(error)
+        self.dirty.add(client.conn)
+
+    def _drop_client(self, client: Client) -> None:
+        if client.closed:
+            return
+        client.closed = True
+        self.clients.pop(client.conn.fd, None)
+        self.dirty.discard(client.conn)
+        self._unregister(client.conn)
+
+    def _reply(self, client: Client, msg: Message) -> None:
+        if client.closed or client.closing:
+            return
+        try:
+            client.conn.send(msg)
+        except ProtocolError as exc:
+            log.warning("dropping client pid %s: %s", client.conn.peer[0], exc)
+            self._drop_client(client)
+            return
+        self.dirty.add(client.conn)
+
+    def handle_client_message(self, client: Client, msg: Message, now: float) -> None:
+        if not client.greeted:
+            if not isinstance(msg, Hello) or msg.magic != MAGIC:
+                self._refuse(client, Error("bad_version", "expected a Hello frame first"))
+            elif msg.version != PROTOCOL_VERSION:
+                self._refuse(client, Error("bad_version", f"protocol version {msg.version} is not supported (this supervisor speaks {PROTOCOL_VERSION})"))
+            else:
+                client.greeted = True
+                self._reply(client, Welcome(PROTOCOL_VERSION, os.getpid()))
+            return
+        if isinstance(msg, Submit):
+            self._reply(client, self.submit(msg, now))
+        elif isinstance(msg, Query):
+            self._query(client, msg, now)
+        elif isinstance(msg, Cancel):
+            self._reply(client, self.cancel(msg.task_id, now))
+        elif isinstance(msg, StatsRequest):
+            self._reply(client, Stats(self.stats()))
+        else:
+            self._refuse(client, Error("bad_frame", f"{type(msg).__name__} is not a client request"))
+
+    def submit(self, msg: Submit, now: float) -> Message:
+        problem = self._check_submit(msg)
+        if problem is not None:
+            return problem
+        if self.ledger.get(msg.task_id) is None:
+            task = self.ledger.accept(msg, self.task_defaults.get(msg.name))
+            self._enqueue(task, now)
+        return Accepted(msg.task_id)
+
+    def _check_submit(self, msg: Submit) -> Error | None:
+        if self.phase != "running":
+            return Error("shutting_down", "the supervisor is stopping", msg.task_id)
+        if not 0 < len(msg.task_id) <= MAX_ID_LENGTH or not 0 < len(msg.name) <= MAX_ID_LENGTH:
+            return Error("invalid_arguments", f"task id and name must be 1 to {MAX_ID_LENGTH} characters", msg.task_id)
+        if self.task_defaults and msg.name not in self.task_defaults:
+            return Error("unknown_task", f"no task named {msg.name!r} is registered in the workers", msg.task_id)
+        if msg.priority is not None and not MIN_PRIORITY <= msg.priority <= MAX_PRIORITY:
+            return Error("invalid_arguments", f"priority must be in {MIN_PRIORITY}..{MAX_PRIORITY}", msg.task_id)
+        if msg.max_attempts is not None and msg.max_attempts < 1:
+            return Error("invalid_arguments", "max_attempts must be at least 1", msg.task_id)
+        if msg.timeout is not None and msg.timeout <= 0:
+            return Error("invalid_arguments", "timeout must be greater than 0", msg.task_id)
+        if len(self.ready) + len(self.delayed) >= self.config.max_ready:
+            return Error("queue_full", f"{self.config.max_ready} tasks are already waiting (max_ready)", msg.task_id)
+        return None
+
+    def _query(self, client: Client, msg: Query, now: float) -> None:
+        task = self.ledger.get(msg.task_id)
+        if task is None:
+            self._reply(client, Error("not_found", f"no task {msg.task_id!r} is known to this supervisor", msg.task_id))
+        elif task.is_final or msg.wait <= 0:
+            self._reply(client, task.info())
+        else:
+            waiter = Waiter(client, msg.task_id)
+            self.waiters.setdefault(msg.task_id, []).append(waiter)
+            deadline = now + min(msg.wait, MAX_WAIT)
+            heapq.heappush(self.waiter_deadlines, (deadline, next(self.waiter_seq), waiter))
+
+    def _answer_waiter(self, waiter: Waiter) -> None:
+        if waiter.done:
+            return
+        waiter.done = True
+        task = self.ledger.get(waiter.task_id)
+        if task is not None:
+            self._reply(waiter.client, task.info())
+        else:
+            self._reply(waiter.client, Error("not_found", "task was forgotten", waiter.task_id))
+
+    def _on_task_event(self, task: TaskState, event: str) -> None:
+        if event == "finished":
+            for waiter in self.waiters.pop(task.task_id, ()):
+                self._answer_waiter(waiter)
+
+    def cancel(self, task_id: str, now: float) -> Message:
+        task = self.ledger.get(task_id)
+        if task is None:
+            return Error("not_found", f"no task {task_id!r} is known to this supervisor", task_id)
+        if task.status == READY:
+            self.ready.discard(task_id)
+            self.delayed.discard(task_id)
+            self.ledger.cancel(task)
+        elif task.status == RUNNING:
+            for worker in self.workers.values():
+                if worker.task_id == task_id:
+                    worker.task_id = None
+                    self._kill(worker)
+            self.ledger.cancel(task, error_dict("taskpool.errors.Cancelled", "cancelled while running; its worker was stopped"))
+        return task.info()
+
+    # -- output ------------------------------------------------------------------
+
+    def flush_output(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            self._flush(conn)
+
+    def _flush(self, conn: FramedConnection) -> None:
+        client = self.clients.get(conn.fd)
+        if client is not None and client.conn is not conn:
+            client = None
+        try:
+            done = conn.flush()
+        except Closed:
+            if client is not None:
+                self._drop_client(client)
+            return
+        if done and client is not None and client.closing:
+            self._drop_client(client)
+            return
+        key = self.selector.get_map().get(conn.fd)
+        if key is None:
+            return
+        wanted = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
+        if key.events != wanted:
+            self.selector.modify(conn.sock, wanted, key.data)
+
+    def _unregister(self, conn: FramedConnection) -> None:
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
+
+    # -- stats -------------------------------------------------------------------
+
+    def _running(self) -> int:
+        return sum(1 for w in self.workers.values() if w.task_id is not None)
+
+    def stats(self) -> dict:
+        workers = sorted(self.workers.values(), key=lambda w: (w.generation, w.wid))
+        metrics = self.sampler.sample([os.getpid(), *(w.pid for w in workers)])
+        rows = []
+        for w in workers:
+            rss, cpu = metrics.get(w.pid, (0, 0.0))
+            task = self.ledger.active.get(w.task_id) if w.task_id else None
+            rows.append({
+                "wid": w.wid, "pid": w.pid, "generation": w.generation, "state": w.state.value,
+                "task_id": w.task_id, "task_name": task.name if task else None,
+                "progress": task.progress if task else None, "tasks_done": w.tasks_done,
+                "rss": rss, "cpu_percent": cpu, "age": round(time.monotonic() - w.started, 3),
+            })
+        own_rss, own_cpu = metrics.get(os.getpid(), (0, 0.0))
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "uptime": round(time.monotonic() - self.started_mono, 3),
+            "started_at": self.started_wall,
+            "generation": self.generation,
+            "phase": self.phase,
+            "socket": self.socket_path,
+            "target_workers": self.target,
+            "rss": own_rss,
+            "cpu_percent": own_cpu,
+            "workers": rows,
+            "queue": {"ready": len(self.ready), "delayed": len(self.delayed), "running": self._running()},
+            "counters": {**self.ledger.counters, **self.counters},
+            "known_tasks": sorted(self.task_defaults),
+        }

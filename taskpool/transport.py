@@ -1,0 +1,207 @@
+"""All socket code: the listening socket, peer credentials and framed connections.
+
+``FramedConnection`` is the supervisor's non-blocking side (one per client and per
+worker channel): reads feed a protocol.Decoder, writes go to a bounded buffer that
+the loop flushes when the socket is writable. ``Channel`` is the blocking side used
+by clients and workers. A clean close (EOF between frames) is told apart from a
+cut-off frame (EOF inside one), as multiprocessing.connection does.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import socket
+import stat
+import struct
+from typing import Iterator
+
+from .errors import ConfigError, ProtocolError, SupervisorUnavailable
+from .protocol import Decoder, Message, encode
+
+_UCRED = struct.Struct("3i")
+READ_SIZE = 256 * 1024
+
+
+class Closed(Exception):
+    """The peer closed the connection; ``clean`` is False when it cut a frame short."""
+
+    def __init__(self, clean: bool) -> None:
+        super().__init__("connection closed" if clean else "connection closed inside a frame")
+        self.clean = clean
+
+
+def ensure_private_dir(path: str) -> None:
+    """Create ``path`` (mode 0700) if missing; refuse a symlink or a non-directory."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"spool {path!r} exists and is not a directory") from None
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"spool {path!r} is not a plain directory")
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket file nobody listens on; refuse anything else at ``path``."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"socket path {path} is a symbolic link; refusing to use it")
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(f"socket path {path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # stale: its supervisor is gone
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot check the existing socket {path}: {exc}") from None
+    finally:
+        probe.close()
+    raise ConfigError(f"another supervisor is already listening on {path}")
+
+
+def listen(path: str, mode: int = 0o600, group: str | None = None, backlog: int = 1024) -> socket.socket:
+    """Bind the supervisor's socket with private permissions from the first instant."""
+    ensure_private_dir(os.path.dirname(path) or ".")
+    _clear_stale_socket(path)
+    gid = -1
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"socket group {group!r} does not exist") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind {path}: {exc}") from None
+    finally:
+        os.umask(old_umask)
+    if gid != -1:
+        os.chown(path, -1, gid)
+    os.chmod(path, mode)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end (Linux SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def connect(path: str, timeout: float | None) -> socket.socket:
+    """A blocking connection to the supervisor, or SupervisorUnavailable naming the path."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        raise SupervisorUnavailable(f"no supervisor is listening on {path} ({exc.strerror})") from None
+    except OSError as exc:
+        sock.close()
+        raise SupervisorUnavailable(f"cannot connect to the supervisor at {path}: {exc}") from None
+    return sock
+
+
+class FramedConnection:
+    """Non-blocking framed socket owned by the supervisor's loop."""
+
+    __slots__ = ("sock", "fd", "decoder", "outbox", "max_outbox", "peer")
+
+    def __init__(self, sock: socket.socket, max_frame: int, max_outbox: int) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.decoder = Decoder(max_frame)
+        self.outbox = bytearray()
+        self.max_outbox = max_outbox
+        self.peer: tuple[int, int, int] | None = None
+
+    def read(self) -> Iterator[Message]:
+        """Messages from what the socket has now. Raises Closed or ProtocolError."""
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return iter(())
+        except ConnectionResetError:
+            raise Closed(clean=self.decoder.pending == 0) from None
+        if not data:
+            raise Closed(clean=self.decoder.pending == 0)
+        return self.decoder.feed(data)
+
+    def send(self, msg: Message) -> None:
+        """Queue a frame; raise ProtocolError when the peer owes too much unread data."""
+        self.send_bytes(encode(msg))
+
+    def send_bytes(self, frame: bytes) -> None:
+        if len(self.outbox) + len(frame) > self.max_outbox:
+            raise ProtocolError(f"peer is not reading its replies ({len(self.outbox)} bytes unsent)")
+        self.outbox += frame
+
+    def flush(self) -> bool:
+        """Write what the socket takes; True when everything is out."""
+        while self.outbox:
+            try:
+                sent = self.sock.send(self.outbox)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                    raise Closed(clean=True) from None
+                raise
+            del self.outbox[:sent]
+        return True
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Channel:
+    """Blocking framed socket for clients and workers."""
+
+    __slots__ = ("sock", "decoder", "_inbox")
+
+    def __init__(self, sock: socket.socket, max_frame: int) -> None:
+        self.sock = sock
+        self.decoder = Decoder(max_frame)
+        self._inbox: list[Message] = []
+
+    def send(self, msg: Message) -> None:
+        self.sock.sendall(encode(msg))
+
+    def send_bytes(self, frame: bytes) -> None:
+        self.sock.sendall(frame)
+
+    def recv(self) -> Message:
+        """The next message; raises Closed at EOF, socket.timeout past the timeout."""
+        while not self._inbox:
+            data = self.sock.recv(READ_SIZE)
+            if not data:
+                raise Closed(clean=self.decoder.pending == 0)
+            self._inbox.extend(self.decoder.feed(data))
+        return self._inbox.pop(0)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,202 @@
+"""The worker: forked by the supervisor, imports the task modules, runs one task at a time.
+
+Data flow: the supervisor writes ``Run`` frames on this worker's socketpair; the
+worker answers each with ``Progress`` frames (from ``taskpool.progress``) and one
+``Done``. EOF on the channel means "exit now" - whether the supervisor retired
+this worker or died - so a worker never outlives its supervisor by more than the
+task in hand.
+
+Signals: the supervisor owns all decisions, so a worker ignores INT, TERM, HUP,
+TTIN and TTOU (a Ctrl-C or a systemd stop that reaches the whole process group
+must not kill a task mid-way; the supervisor drains and stops it). Python-level
+no-op handlers are used instead of SIG_IGN so that subprocesses started by tasks
+get default dispositions again on exec. USR1 asks to reopen log files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+from . import titles
+from .errors import InvalidArguments, ProtocolError
+from .protocol import Done, Progress, Ready, Run, check_json_compatible, encode
+from .registry import default_registry
+from .transport import Channel, Closed
+
+BOOT_ERROR_EXIT = 3
+PROGRESS_INTERVAL = 0.05  # seconds between progress frames; the last value is always sent
+
+log = logging.getLogger("taskpool.worker")
+
+
+class _Context:
+    """The task in hand, for ``taskpool.progress``; None outside a worker."""
+
+    def __init__(self, channel: Channel, task_id: str) -> None:
+        self.channel = channel
+        self.task_id = task_id
+        self.last_sent = 0.0
+        self.unsent: tuple[float, str | None] | None = None
+
+    def progress(self, percent: float, message: str | None) -> None:
+        now = time.monotonic()
+        if percent < 100 and now - self.last_sent < PROGRESS_INTERVAL:
+            self.unsent = (percent, message)
+            return
+        self.unsent = None
+        self.last_sent = now
+        self.channel.send(Progress(self.task_id, percent, message))
+
+    def flush(self) -> None:
+        if self.unsent is not None:
+            self.channel.send(Progress(self.task_id, *self.unsent))
+            self.unsent = None
+
+
+_current: _Context | None = None
+_reopen_logs = False
+
+
+def progress(percent: float, message: str | None = None) -> None:
+    """Report how far the running task is (0-100) with an optional message.
+
+    Outside a worker (a task called directly, in a test) this does nothing."""
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+        raise ValueError(f"progress percent must be a number from 0 to 100, got {percent!r}")
+    if message is not None and not isinstance(message, str):
+        raise TypeError(f"progress message must be a string, got {type(message).__name__}")
+    if _current is not None:
+        _current.progress(float(percent), message)
+
+
+def _ask_reopen(signum: int, frame: Any) -> None:
+    global _reopen_logs
+    _reopen_logs = True
+
+
+def _install_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, lambda signum, frame: None)
+    signal.signal(signal.SIGUSR1, _ask_reopen)
+    for sig in (signal.SIGCHLD, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _reopen_log_files() -> None:
+    global _reopen_logs
+    _reopen_logs = False
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.close()  # FileHandler reopens on the next record
+
+
+def error_of(exc: BaseException) -> dict:
+    kind = type(exc)
+    return {
+        "type": f"{kind.__module__}.{kind.__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def _call(name: str, args: list, kwargs: dict) -> Any:
+    task = default_registry.get(name)
+    if task is None:
+        raise LookupError(f"task {name!r} is not registered in this worker")
+    result = task.func(*args, **kwargs)
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return result
+
+
+def run_one(channel: Channel, msg: Run, max_frame: int, measure_rss: bool) -> None:
+    """Run one task and send its Done frame. Task failures never escape."""
+    global _current
+    _current = _Context(channel, msg.task_id)
+    ok, result, error = True, None, None
+    try:
+        result = _call(msg.name, msg.args, msg.kwargs)
+        check_json_compatible(result, "result")
+    except InvalidArguments as exc:
+        ok, error = False, error_of(InvalidArguments(f"task {msg.name} returned a value that cannot be stored: {exc}"))
+    except Exception as exc:  # the task's own failure, reported, not raised
+        ok, error = False, error_of(exc)
+    except SystemExit as exc:
+        ok, error = False, error_of(RuntimeError(f"task called sys.exit({exc.code})"))
+    finally:
+        _current.flush()
+        _current = None
+    rss = _rss() if measure_rss else 0
+    frame = encode(Done(msg.task_id, ok, result if ok else None, error, rss))
+    if len(frame) - 4 > max_frame:
+        too_big = InvalidArguments(f"result of {msg.name} is {len(frame)} bytes encoded, over the {max_frame}-byte frame limit")
+        frame = encode(Done(msg.task_id, False, None, error_of(too_big), rss))
+    channel.send_bytes(frame)
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def boot(channel: Channel, modules: tuple[str, ...], generation: int, wid: int) -> bool:
+    """Import the task modules; tell the supervisor Ready (or why not) and return success."""
+    from .protocol import Error
+
+    titles.set_title(f"worker {wid} gen {generation} booting")
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except BaseException as exc:  # any import failure, including SystemExit, stops the boot
+        detail = "".join(traceback.format_exception_only(exc)).strip()
+        channel.send(Error("boot_failed", f"worker could not import its task modules: {detail}", None))
+        return False
+    channel.send(Ready(os.getpid(), generation, default_registry.defaults()))
+    return True
+
+
+def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, wid: int) -> None:
+    """Run tasks until the supervisor closes the channel."""
+    idle_title = f"worker {wid} gen {generation} idle"
+    titles.set_title(idle_title)
+    while True:
+        try:
+            msg = channel.recv()
+        except (Closed, ConnectionError):
+            return
+        if _reopen_logs:
+            _reopen_log_files()
+        if not isinstance(msg, Run):
+            raise ProtocolError(f"worker got an unexpected {type(msg).__name__} frame")
+        titles.set_title(f"worker {wid} gen {generation} busy {msg.name}")
+        run_one(channel, msg, max_frame, measure_rss)
+        titles.set_title(idle_title)
+
+
+def worker_main(sock: Any, modules: tuple[str, ...], generation: int, wid: int, max_frame: int, measure_rss: bool) -> int:
+    """Entry point in the forked child; returns the exit code."""
+    _install_signals()
+    sock.setblocking(True)
+    channel = Channel(sock, max_frame)
+    try:
+        if not boot(channel, modules, generation, wid):
+            return BOOT_ERROR_EXIT
+        serve(channel, max_frame, measure_rss, generation, wid)
+    except (Closed, BrokenPipeError, ConnectionError):
+        return 0
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        return 1
+    return 0
