@@ -13,15 +13,15 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Callable
+from enum import StrEnum
 
 from .transport import FramedConnection
 from .worker import BOOT_ERROR_EXIT, worker_main
 
 
-class WorkerState(str, Enum):
+class WorkerState(StrEnum):
     BOOTING = "booting"    # forked, importing task modules
     IDLE = "idle"
     BUSY = "busy"

@@ -11,7 +11,6 @@ clear error and nothing is sent.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 import uuid
@@ -118,9 +117,10 @@ class Client:
                 channel.send(msg)
                 reply = channel.recv()
                 break
-            except socket.timeout:
+            except TimeoutError:
                 self._forget()
-                raise SupervisorUnavailable(f"the supervisor at {self.path} did not reply within {self.timeout + wait:.1f}s") from None
+                waited = self.timeout + wait
+                raise SupervisorUnavailable(f"the supervisor at {self.path} did not reply within {waited:.1f}s") from None
             except (Closed, OSError) as exc:
                 self._forget()
                 if attempt == 2:

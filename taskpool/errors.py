@@ -68,3 +68,11 @@ class TaskFailed(TaskpoolError):
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback
         return text
+
+
+class WorkerLost(TaskpoolError):
+    """Recorded (as ``taskpool.errors.WorkerLost``) when a worker died mid-task."""
+
+
+class Cancelled(TaskpoolError):
+    """Recorded (as ``taskpool.errors.Cancelled``) when a running task was cancelled."""

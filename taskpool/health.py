@@ -7,7 +7,9 @@ stats are asked for; never a blocking call.
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Any
 
 import psutil
 
@@ -43,3 +45,36 @@ class ProcessSampler:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             self._procs.pop(pid, None)
             return 0, 0.0
+
+
+def build_stats(sup: Any, version: str) -> dict:
+    """The STATS reply: the supervisor, each worker (with psutil figures), queue, counters."""
+    workers = sorted(sup.workers.values(), key=lambda w: (w.generation, w.wid))
+    metrics = sup.sampler.sample([os.getpid(), *(w.pid for w in workers)])
+    rows = []
+    for w in workers:
+        rss, cpu = metrics.get(w.pid, (0, 0.0))
+        task = sup.ledger.active.get(w.task_id) if w.task_id else None
+        rows.append({
+            "wid": w.wid, "pid": w.pid, "generation": w.generation, "state": w.state.value,
+            "task_id": w.task_id, "task_name": task.name if task else None,
+            "progress": task.progress if task else None, "tasks_done": w.tasks_done,
+            "rss": rss, "cpu_percent": cpu, "age": round(time.monotonic() - w.started, 3),
+        })
+    own_rss, own_cpu = metrics.get(os.getpid(), (0, 0.0))
+    return {
+        "pid": os.getpid(),
+        "version": version,
+        "uptime": round(time.monotonic() - sup.started_mono, 3),
+        "started_at": sup.started_wall,
+        "generation": sup.generation,
+        "phase": sup.phase,
+        "socket": sup.socket_path,
+        "target_workers": sup.target,
+        "rss": own_rss,
+        "cpu_percent": own_cpu,
+        "workers": rows,
+        "queue": {"ready": len(sup.ready), "delayed": len(sup.delayed), "running": sup._running()},
+        "counters": {**sup.ledger.counters, **sup.counters},
+        "known_tasks": sorted(sup.task_defaults),
+    }

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from operator import attrgetter
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -292,7 +293,7 @@ def decode_payload(payload: bytes | memoryview) -> Message:
     types = cls._types
     if len(args) != len(types):
         raise ProtocolError(f"{cls.__name__} takes {len(types)} fields, got {len(args)}")
-    for index, (value, accepted) in enumerate(zip(args, types)):
+    for index, (value, accepted) in enumerate(zip(args, types, strict=True)):
         if accepted is _ANY:
             continue
         if not isinstance(value, accepted) or (type(value) is bool and bool not in accepted):

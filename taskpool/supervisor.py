@@ -18,7 +18,6 @@ imports user code and never blocks on a database.
 from __future__ import annotations
 
 import grp
-import heapq
 import itertools
 import logging
 import os
@@ -26,26 +25,24 @@ import selectors
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import __version__, titles
 from .children import WorkerProc, WorkerState, describe_exit, kill, reap, spawn
 from .config import Config, load_config
+from .connections import Client, ConnectionHub
 from .errors import ConfigError, ProtocolError
-from .health import ProcessSampler
+from .health import ProcessSampler, build_stats
 from .ledger import Ledger, TaskState, error_dict
 from .protocol import (
-    MAGIC,
-    PROTOCOL_VERSION,
     READY,
     RUNNING,
     Accepted,
     Cancel,
     Done,
     Error,
-    Hello,
     Message,
     Progress,
     Query,
@@ -54,12 +51,10 @@ from .protocol import (
     Stats,
     StatsRequest,
     Submit,
-    Welcome,
-    encode,
 )
 from .queue import DelayHeap, ReadyQueue
 from .registry import MAX_PRIORITY, MIN_PRIORITY
-from .transport import Closed, FramedConnection, listen, peer_credentials
+from .transport import Closed, listen
 
 log = logging.getLogger("taskpool.supervisor")
 
@@ -79,19 +74,13 @@ class SupervisorExit(Exception):
         self.code = code
 
 
-@dataclass(slots=True, eq=False)
-class Client:
-    conn: FramedConnection
-    greeted: bool = False
-    closing: bool = False  # close once the outbox is flushed
-    closed: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class Waiter:
-    client: Client
-    task_id: str
-    done: bool = False
+def _group_id(group: str | None) -> int | None:
+    if group is None:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"socket group {group!r} does not exist") from None
 
 
 class Supervisor:
@@ -101,14 +90,13 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.ledger = Ledger(config.result_cache)
         self.ledger.listen(self._on_task_event)
+        self.hub = ConnectionHub(
+            self.selector, config.max_frame, config.client_buffer,
+            {os.getuid(), 0, *config.allow_uid}, _group_id(config.socket_group), self.handle_request,
+        )
         self.ready = ReadyQueue()
         self.delayed = DelayHeap()
         self.workers: dict[int, WorkerProc] = {}
-        self.clients: dict[int, Client] = {}
-        self.dirty: set[FramedConnection] = set()
-        self.waiters: dict[str, list[Waiter]] = {}
-        self.waiter_deadlines: list[tuple[float, int, Waiter]] = []
-        self.waiter_seq = itertools.count()
         self.pending_signals: list[int] = []
         self.sampler = ProcessSampler()
         self.generation = 1
@@ -138,8 +126,6 @@ class Supervisor:
         self._listener_ino = os.stat(self.socket_path).st_ino
         self.selector.register(self.listener, selectors.EVENT_READ, self._on_accept)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
-        self.allowed_uids = {os.getuid(), 0, *self.config.allow_uid}
-        self.allowed_gid = grp.getgrnam(self.config.socket_group).gr_gid if self.config.socket_group else None
         self.phase = "running"
         titles.set_title(f"supervisor gen {self.generation} {self.socket_path}")
 
@@ -187,8 +173,7 @@ class Supervisor:
             except FileNotFoundError:
                 pass
             self.listener = None
-        for client in list(self.clients.values()):
-            self._drop_client(client)
+        self.hub.close_all()
         for worker in self.workers.values():
             if worker.conn is not None:
                 worker.conn.close()
@@ -216,7 +201,7 @@ class Supervisor:
         self.check_timers(now)
         self.manage_workers(now)
         self.dispatch(now)
-        self.flush_output()
+        self.hub.flush_output()
         if self.phase == "stopping" and not self.workers:
             self.phase = "stopped"
 
@@ -229,8 +214,9 @@ class Supervisor:
             for moment in (worker.deadline, worker.kill_at):
                 if moment is not None:
                     candidates.append(moment - now)
-        if self.waiter_deadlines:
-            candidates.append(self.waiter_deadlines[0][0] - now)
+        waiter_due = self.hub.next_deadline()
+        if waiter_due is not None:
+            candidates.append(waiter_due - now)
         if self.stop_deadline is not None:
             candidates.append(self.stop_deadline - now)
         if self.next_spawn_at > now:
@@ -318,7 +304,7 @@ class Supervisor:
             pid, status = os.waitpid(-1, 0)
             worker = self.workers.pop(pid, None)
             if worker is not None and worker.conn is not None:
-                self._unregister(worker.conn)
+                self.hub.unregister(worker.conn)
 
     def reload(self, now: float) -> None:
         """New config, new generation; old workers retire as new ones become ready."""
@@ -376,7 +362,7 @@ class Supervisor:
     def _worker_event(self, worker: WorkerProc) -> Callable[[Any, int, float], None]:
         def on_event(key: Any, mask: int, now: float) -> None:
             if mask & selectors.EVENT_WRITE:
-                self._flush(worker.conn)
+                self.hub.flush(worker.conn)
             if mask & selectors.EVENT_READ and worker.conn is not None:
                 self._read_worker(worker, now)
 
@@ -387,7 +373,7 @@ class Supervisor:
             for msg in worker.conn.read():
                 self.handle_worker_message(worker, msg, now)
         except Closed:
-            self._unregister(worker.conn)  # death is handled when it is reaped
+            self.hub.unregister(worker.conn)  # death is handled when it is reaped
             worker.conn = None
         except ProtocolError as exc:
             log.error("worker %d sent a bad frame (%s); killing it", worker.pid, exc)
@@ -465,7 +451,7 @@ class Supervisor:
         worker.state = WorkerState.RETIRING
         worker.kill_at = now + max(self.config.graceful_timeout, 1.0)
         if worker.conn is not None:
-            self._unregister(worker.conn)
+            self.hub.unregister(worker.conn)
             worker.conn = None
 
     def _kill(self, worker: WorkerProc) -> None:
@@ -482,7 +468,7 @@ class Supervisor:
 
     def _on_exit(self, worker: WorkerProc, status: int, now: float) -> None:
         if worker.conn is not None:
-            self._unregister(worker.conn)
+            self.hub.unregister(worker.conn)
             worker.conn = None
         how = describe_exit(status)
         expected = worker.state in (WorkerState.RETIRING, WorkerState.KILLED)
@@ -546,9 +532,7 @@ class Supervisor:
             elif worker.kill_at is not None and now >= worker.kill_at:
                 log.warning("worker %d did not exit in time; killing it", worker.pid)
                 self._kill(worker)
-        while self.waiter_deadlines and self.waiter_deadlines[0][0] <= now:
-            waiter = heapq.heappop(self.waiter_deadlines)[2]
-            self._answer_waiter(waiter)
+        self.hub.expire(now, self._info_of)
         if self.stop_deadline is not None and now >= self.stop_deadline:
             self.stop_deadline = None
             for worker in list(self.workers.values()):
@@ -561,7 +545,8 @@ class Supervisor:
         worker.task_id = None
         self._kill(worker)
         if task is not None:
-            log.warning("task %s (%s) passed its %ss timeout; worker %d killed", task.task_id, task.name, task.timeout, worker.pid)
+            log.warning("task %s (%s) passed its %ss timeout; killed worker %d",
+                        task.task_id, task.name, task.timeout, worker.pid)
             message = f"task {task.name} ran longer than its timeout of {task.timeout}s; its worker was killed"
             self.ledger.fail(task, error_dict("taskpool.errors.TaskTimeout", message))
 
@@ -591,101 +576,39 @@ class Supervisor:
         worker.task_id = task.task_id
         worker.deadline = now + task.timeout if task.timeout else None
         worker.conn.send(Run(task.task_id, task.name, task.args, task.kwargs, task.attempts))
-        self.dirty.add(worker.conn)
+        self.hub.dirty.add(worker.conn)
 
-    # -- clients ---------------------------------------------------------------
+    # -- requests ----------------------------------------------------------------
 
     def _on_accept(self, key: Any, mask: int, now: float) -> None:
-        for _ in range(64):
-            try:
-                sock, _addr = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.error("accept failed: %s", exc)
-                return
-            self._admit(sock)
+        self.hub.accept(self.listener)
 
-    def _admit(self, sock: socket.socket) -> None:
-        conn = FramedConnection(sock, self.config.max_frame, self.config.client_buffer)
-        conn.peer = peer_credentials(sock)
-        client = Client(conn)
-        self.clients[conn.fd] = client
-        self.selector.register(sock, selectors.EVENT_READ, self._client_event(client))
-        pid, uid, gid = conn.peer
-        if uid not in self.allowed_uids and not (self.allowed_gid is not None and gid == self.allowed_gid):
-            log.warning("refused a connection from uid %d (pid %d)", uid, pid)
-            self._refuse(client, Error("forbidden", f"uid {uid} may not use this supervisor"))
-
-    def _client_event(self, client: Client) -> Callable[[Any, int, float], None]:
-        def on_event(key: Any, mask: int, now: float) -> None:
-            if client.closed:
-                return
-            if mask & selectors.EVENT_WRITE:
-                self._flush(client.conn)
-            if mask & selectors.EVENT_READ and not client.closing and not client.closed:
-                self._read_client(client, now)
-
-        return on_event
-
-    def _read_client(self, client: Client, now: float) -> None:
-        try:
-            for msg in client.conn.read():
-                if client.closing:
-                    break
-                self.handle_client_message(client, msg, now)
-        except Closed:
-            self._drop_client(client)
-        except ProtocolError as exc:
-            log.warning("bad frame from client pid %s: %s", client.conn.peer[0], exc)
-            self._refuse(client, Error("bad_frame", str(exc)))
-
-    def _refuse(self, client: Client, error: Error) -> None:
-        """Send a last error, then close once it is written."""
-        client.closing = True
-        client.conn.outbox.clear()
-        client.conn.outbox += encode(error)
-        self.dirty.add(client.conn)
-
-    def _drop_client(self, client: Client) -> None:
-        if client.closed:
-            return
-        client.closed = True
-        self.clients.pop(client.conn.fd, None)
-        self.dirty.discard(client.conn)
-        self._unregister(client.conn)
-
-    def _reply(self, client: Client, msg: Message) -> None:
-        if client.closed or client.closing:
-            return
-        try:
-            client.conn.send(msg)
-        except ProtocolError as exc:
-            log.warning("dropping client pid %s: %s", client.conn.peer[0], exc)
-            self._drop_client(client)
-            return
-        self.dirty.add(client.conn)
-
-    def handle_client_message(self, client: Client, msg: Message, now: float) -> None:
-        if not client.greeted:
-            if not isinstance(msg, Hello) or msg.magic != MAGIC:
-                self._refuse(client, Error("bad_version", "expected a Hello frame first"))
-            elif msg.version != PROTOCOL_VERSION:
-                self._refuse(client, Error("bad_version", f"protocol version {msg.version} is not supported (this supervisor speaks {PROTOCOL_VERSION})"))
-            else:
-                client.greeted = True
-                self._reply(client, Welcome(PROTOCOL_VERSION, os.getpid()))
-            return
+    def handle_request(self, client: Client, msg: Message, now: float) -> Message | None:
+        """A greeted client's request; None when the reply comes later (a wait)."""
         if isinstance(msg, Submit):
-            self._reply(client, self.submit(msg, now))
-        elif isinstance(msg, Query):
-            self._query(client, msg, now)
-        elif isinstance(msg, Cancel):
-            self._reply(client, self.cancel(msg.task_id, now))
-        elif isinstance(msg, StatsRequest):
-            self._reply(client, Stats(self.stats()))
-        else:
-            self._refuse(client, Error("bad_frame", f"{type(msg).__name__} is not a client request"))
+            return self.submit(msg, now)
+        if isinstance(msg, Query):
+            task = self.ledger.get(msg.task_id)
+            if task is None or task.is_final or msg.wait <= 0:
+                return self._info_of(msg.task_id)
+            self.hub.wait_for(client, msg.task_id, now + min(msg.wait, MAX_WAIT))
+            return None
+        if isinstance(msg, Cancel):
+            return self.cancel(msg.task_id, now)
+        if isinstance(msg, StatsRequest):
+            return Stats(self.stats())
+        self.hub.refuse(client, Error("bad_frame", f"{type(msg).__name__} is not a client request"))
+        return None
+
+    def _info_of(self, task_id: str) -> Message:
+        task = self.ledger.get(task_id)
+        if task is None:
+            return Error("not_found", f"no task {task_id!r} is known to this supervisor", task_id)
+        return task.info()
+
+    def _on_task_event(self, task: TaskState, event: str) -> None:
+        if event == "finished":
+            self.hub.finished(task.task_id, task.info())
 
     def submit(self, msg: Submit, now: float) -> Message:
         problem = self._check_submit(msg)
@@ -713,33 +636,6 @@ class Supervisor:
             return Error("queue_full", f"{self.config.max_ready} tasks are already waiting (max_ready)", msg.task_id)
         return None
 
-    def _query(self, client: Client, msg: Query, now: float) -> None:
-        task = self.ledger.get(msg.task_id)
-        if task is None:
-            self._reply(client, Error("not_found", f"no task {msg.task_id!r} is known to this supervisor", msg.task_id))
-        elif task.is_final or msg.wait <= 0:
-            self._reply(client, task.info())
-        else:
-            waiter = Waiter(client, msg.task_id)
-            self.waiters.setdefault(msg.task_id, []).append(waiter)
-            deadline = now + min(msg.wait, MAX_WAIT)
-            heapq.heappush(self.waiter_deadlines, (deadline, next(self.waiter_seq), waiter))
-
-    def _answer_waiter(self, waiter: Waiter) -> None:
-        if waiter.done:
-            return
-        waiter.done = True
-        task = self.ledger.get(waiter.task_id)
-        if task is not None:
-            self._reply(waiter.client, task.info())
-        else:
-            self._reply(waiter.client, Error("not_found", "task was forgotten", waiter.task_id))
-
-    def _on_task_event(self, task: TaskState, event: str) -> None:
-        if event == "finished":
-            for waiter in self.waiters.pop(task.task_id, ()):
-                self._answer_waiter(waiter)
-
     def cancel(self, task_id: str, now: float) -> Message:
         task = self.ledger.get(task_id)
         if task is None:
@@ -756,72 +652,10 @@ class Supervisor:
             self.ledger.cancel(task, error_dict("taskpool.errors.Cancelled", "cancelled while running; its worker was stopped"))
         return task.info()
 
-    # -- output ------------------------------------------------------------------
-
-    def flush_output(self) -> None:
-        dirty, self.dirty = self.dirty, set()
-        for conn in dirty:
-            self._flush(conn)
-
-    def _flush(self, conn: FramedConnection) -> None:
-        client = self.clients.get(conn.fd)
-        if client is not None and client.conn is not conn:
-            client = None
-        try:
-            done = conn.flush()
-        except Closed:
-            if client is not None:
-                self._drop_client(client)
-            return
-        if done and client is not None and client.closing:
-            self._drop_client(client)
-            return
-        key = self.selector.get_map().get(conn.fd)
-        if key is None:
-            return
-        wanted = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
-        if key.events != wanted:
-            self.selector.modify(conn.sock, wanted, key.data)
-
-    def _unregister(self, conn: FramedConnection) -> None:
-        try:
-            self.selector.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
-        conn.close()
-
     # -- stats -------------------------------------------------------------------
 
     def _running(self) -> int:
         return sum(1 for w in self.workers.values() if w.task_id is not None)
 
     def stats(self) -> dict:
-        workers = sorted(self.workers.values(), key=lambda w: (w.generation, w.wid))
-        metrics = self.sampler.sample([os.getpid(), *(w.pid for w in workers)])
-        rows = []
-        for w in workers:
-            rss, cpu = metrics.get(w.pid, (0, 0.0))
-            task = self.ledger.active.get(w.task_id) if w.task_id else None
-            rows.append({
-                "wid": w.wid, "pid": w.pid, "generation": w.generation, "state": w.state.value,
-                "task_id": w.task_id, "task_name": task.name if task else None,
-                "progress": task.progress if task else None, "tasks_done": w.tasks_done,
-                "rss": rss, "cpu_percent": cpu, "age": round(time.monotonic() - w.started, 3),
-            })
-        own_rss, own_cpu = metrics.get(os.getpid(), (0, 0.0))
-        return {
-            "pid": os.getpid(),
-            "version": __version__,
-            "uptime": round(time.monotonic() - self.started_mono, 3),
-            "started_at": self.started_wall,
-            "generation": self.generation,
-            "phase": self.phase,
-            "socket": self.socket_path,
-            "target_workers": self.target,
-            "rss": own_rss,
-            "cpu_percent": own_cpu,
-            "workers": rows,
-            "queue": {"ready": len(self.ready), "delayed": len(self.delayed), "running": self._running()},
-            "counters": {**self.ledger.counters, **self.counters},
-            "known_tasks": sorted(self.task_defaults),
-        }
+        return build_stats(self, __version__)

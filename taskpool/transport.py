@@ -15,7 +15,7 @@ import os
 import socket
 import stat
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 from .errors import ConfigError, ProtocolError, SupervisorUnavailable
 from .protocol import Decoder, Message, encode

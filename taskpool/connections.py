@@ -1,0 +1,226 @@
+"""The supervisor's side of client connections: admission, handshake, replies, waiters.
+
+Owned by the supervisor's loop (one owner, no threads). It admits a connection
+only for an allowed peer uid (SO_PEERCRED), answers the handshake, hands every
+other request to the supervisor's ``handle_request``, and holds the clients that
+wait for a task to finish (``Query(wait=...)``) until the ledger says it has, or
+their wait runs out. Output is buffered per connection and flushed once per loop
+pass, so many replies share one syscall; a client that stops reading is dropped
+when its buffer passes ``client_buffer`` bytes, never the supervisor's memory.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ProtocolError
+from .protocol import MAGIC, PROTOCOL_VERSION, Error, Hello, Message, TaskInfo, Welcome, encode
+from .transport import Closed, FramedConnection, peer_credentials
+
+log = logging.getLogger("taskpool.supervisor")
+
+ACCEPTS_PER_PASS = 64
+
+
+@dataclass(slots=True, eq=False)
+class Client:
+    conn: FramedConnection
+    greeted: bool = False
+    closing: bool = False  # close once the outbox is flushed
+    closed: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Waiter:
+    client: Client
+    task_id: str
+    done: bool = False
+
+
+RequestHandler = Callable[[Client, Message, float], "Message | None"]
+
+
+class ConnectionHub:
+    def __init__(
+        self,
+        selector: selectors.BaseSelector,
+        max_frame: int,
+        max_outbox: int,
+        allowed_uids: set[int],
+        allowed_gid: int | None,
+        handle_request: RequestHandler,
+    ) -> None:
+        self.selector = selector
+        self.max_frame = max_frame
+        self.max_outbox = max_outbox
+        self.allowed_uids = allowed_uids
+        self.allowed_gid = allowed_gid
+        self.handle_request = handle_request
+        self.clients: dict[int, Client] = {}
+        self.dirty: set[FramedConnection] = set()
+        self.waiters: dict[str, list[Waiter]] = {}
+        self.deadlines: list[tuple[float, int, Waiter]] = []
+        self._seq = itertools.count()
+
+    # -- admission ---------------------------------------------------------
+
+    def accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPTS_PER_PASS):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("accept failed: %s", exc)
+                return
+            self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
+        conn = FramedConnection(sock, self.max_frame, self.max_outbox)
+        conn.peer = peer_credentials(sock)
+        client = Client(conn)
+        self.clients[conn.fd] = client
+        self.selector.register(sock, selectors.EVENT_READ, self._on_event(client))
+        pid, uid, gid = conn.peer
+        if uid not in self.allowed_uids and not (self.allowed_gid is not None and gid == self.allowed_gid):
+            log.warning("refused a connection from uid %d (pid %d)", uid, pid)
+            self.refuse(client, Error("forbidden", f"uid {uid} may not use this supervisor"))
+
+    def _on_event(self, client: Client) -> Callable[[Any, int, float], None]:
+        def on_event(key: Any, mask: int, now: float) -> None:
+            if client.closed:
+                return
+            if mask & selectors.EVENT_WRITE:
+                self.flush(client.conn)
+            if mask & selectors.EVENT_READ and not client.closing and not client.closed:
+                self._read(client, now)
+
+        return on_event
+
+    def _read(self, client: Client, now: float) -> None:
+        try:
+            for msg in client.conn.read():
+                if client.closing:
+                    break
+                self._handle(client, msg, now)
+        except Closed:
+            self.drop(client)
+        except ProtocolError as exc:
+            log.warning("bad frame from client pid %s: %s", client.conn.peer[0], exc)
+            self.refuse(client, Error("bad_frame", str(exc)))
+
+    def _handle(self, client: Client, msg: Message, now: float) -> None:
+        if client.greeted:
+            reply = self.handle_request(client, msg, now)
+            if reply is not None:
+                self.reply(client, reply)
+        elif not isinstance(msg, Hello) or msg.magic != MAGIC:
+            self.refuse(client, Error("bad_version", "expected a Hello frame first"))
+        elif msg.version != PROTOCOL_VERSION:
+            text = f"protocol version {msg.version} is not supported (this supervisor speaks {PROTOCOL_VERSION})"
+            self.refuse(client, Error("bad_version", text))
+        else:
+            client.greeted = True
+            self.reply(client, Welcome(PROTOCOL_VERSION, os.getpid()))
+
+    # -- replies -------------------------------------------------------------
+
+    def reply(self, client: Client, msg: Message) -> None:
+        if client.closed or client.closing:
+            return
+        try:
+            client.conn.send(msg)
+        except ProtocolError as exc:
+            log.warning("dropping client pid %s: %s", client.conn.peer[0], exc)
+            self.drop(client)
+            return
+        self.dirty.add(client.conn)
+
+    def refuse(self, client: Client, error: Error) -> None:
+        """Send a last error, then close once it is written."""
+        client.closing = True
+        client.conn.outbox.clear()
+        client.conn.outbox += encode(error)
+        self.dirty.add(client.conn)
+
+    def drop(self, client: Client) -> None:
+        if client.closed:
+            return
+        client.closed = True
+        self.clients.pop(client.conn.fd, None)
+        self.dirty.discard(client.conn)
+        self.unregister(client.conn)
+
+    def close_all(self) -> None:
+        for client in list(self.clients.values()):
+            self.drop(client)
+
+    # -- waiters -------------------------------------------------------------
+
+    def wait_for(self, client: Client, task_id: str, deadline: float) -> None:
+        waiter = Waiter(client, task_id)
+        self.waiters.setdefault(task_id, []).append(waiter)
+        heapq.heappush(self.deadlines, (deadline, next(self._seq), waiter))
+
+    def finished(self, task_id: str, info: TaskInfo) -> None:
+        for waiter in self.waiters.pop(task_id, ()):
+            if not waiter.done:
+                waiter.done = True
+                self.reply(waiter.client, info)
+
+    def expire(self, now: float, info_of: Callable[[str], Message]) -> None:
+        while self.deadlines and self.deadlines[0][0] <= now:
+            waiter = heapq.heappop(self.deadlines)[2]
+            if not waiter.done:
+                waiter.done = True
+                self.reply(waiter.client, info_of(waiter.task_id))
+                pending = self.waiters.get(waiter.task_id)
+                if pending is not None:
+                    pending.remove(waiter)
+                    if not pending:
+                        del self.waiters[waiter.task_id]
+
+    def next_deadline(self) -> float | None:
+        return self.deadlines[0][0] if self.deadlines else None
+
+    # -- output --------------------------------------------------------------
+
+    def flush_output(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            self.flush(conn)
+
+    def flush(self, conn: FramedConnection) -> None:
+        client = self.clients.get(conn.fd)
+        if client is not None and client.conn is not conn:
+            client = None
+        try:
+            done = conn.flush()
+        except Closed:
+            if client is not None:
+                self.drop(client)
+            return
+        if done and client is not None and client.closing:
+            self.drop(client)
+            return
+        key = self.selector.get_map().get(conn.fd)
+        if key is None:
+            return
+        wanted = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
+        if key.events != wanted:
+            self.selector.modify(conn.sock, wanted, key.data)
+
+    def unregister(self, conn: FramedConnection) -> None:
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.close()

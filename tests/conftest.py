@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import RunningSupervisor  # noqa: E402
+
+
+@pytest.fixture
+def start_supervisor(tmp_path):
+    """Factory: start_supervisor("--workers", "2", ...) -> RunningSupervisor (ready)."""
+    started: list[RunningSupervisor] = []
+
+    def start(*args: str, wait: bool = True, env: dict | None = None, spool: Path | None = None,
+              imports: tuple[str, ...] = ("sample_tasks",)) -> RunningSupervisor:
+        spool = spool or tmp_path / f"spool{len(started)}"
+        flags = [a for m in imports for a in ("--import", m)]
+        sup = RunningSupervisor(spool, [*flags, *args], env=env)
+        started.append(sup)
+        if wait:
+            sup.wait_ready()
+        return sup
+
+    yield start
+    for sup in started:
+        sup.cleanup()
+
+
+@pytest.fixture
+def supervisor(start_supervisor):
+    """A ready supervisor with 2 workers running tests/sample_tasks.py."""
+    return start_supervisor("--workers", "2")
