@@ -114,3 +114,10 @@ async def coroutine(value):
 
 
 _hoard = None
+
+
+@taskpool.task
+def sleep_then_touch(seconds, path):
+    time.sleep(seconds)
+    open(path, "w").close()
+    return path
