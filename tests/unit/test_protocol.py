@@ -1,0 +1,453 @@
+"""Wire protocol: framing, the incremental decoder, field checks and JSON-compatibility."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import struct
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from taskpool import protocol
+from taskpool.errors import InvalidArguments, ProtocolError
+from taskpool.protocol import (
+    DEFAULT_MAX_FRAME,
+    Accepted,
+    Cancel,
+    Decoder,
+    Done,
+    Error,
+    Hello,
+    Message,
+    Progress,
+    Query,
+    Ready,
+    Run,
+    Stats,
+    StatsRequest,
+    Submit,
+    TaskInfo,
+    Welcome,
+    check_json_compatible,
+    encode,
+)
+
+# One instance of every message class, with non-default values where there are options.
+SAMPLES: list[Message] = [
+    Hello("taskpool", 1),
+    Submit("t1", "mod.add", [1, 2.5, "x", None, True, [3]], {"k": {"n": [1, {}]}}),
+    Submit("t2", "mod.add", [], {}, priority=-5, run_after=1700000000.25, max_attempts=4, timeout=2.5, queue="q"),
+    Query("t1"),
+    Query("t1", 2.5),
+    Cancel("t1"),
+    StatsRequest(),
+    Welcome(1, 4242),
+    Accepted("t1"),
+    TaskInfo("t1", "mod.add", "SUCCESSFUL", 2, 100.0, "done", {"answer": [42]}, [{"type": "E", "message": "m"}], [11, 12]),
+    TaskInfo("t1", "mod.add", "READY", 0, None, None, None, [], []),
+    Stats({"workers": [{"pid": 1}], "queue": {"ready": 0}}),
+    Error("queue_full", "too many", "t1"),
+    Error("bad_frame", "no task id"),
+    Run("t1", "mod.add", [1, 2], {"z": None}, 1),
+    Ready(99, 2, {"mod.add": {"priority": 0, "queue": "default", "max_attempts": 3, "timeout": None}}),
+    Progress("t1", 40.5, "rendering"),
+    Progress("t1", 10),
+    Done("t1", True, [1, "two"], None, 123456),
+    Done("t1", False, None, {"type": "builtins.ValueError", "message": "bad", "traceback": "tb"}, 0),
+]
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def packed_frame(values: list) -> bytes:
+    return frame(msgpack.packb(values, use_bin_type=True))
+
+
+def decode_all(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[Message]:
+    return list(Decoder(max_frame).feed(data))
+
+
+# -- round trips and framing -------------------------------------------------
+
+
+def test_samples_cover_every_registered_message_class():
+    assert {type(m) for m in SAMPLES} == set(protocol._BY_CODE.values())
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_every_message_round_trips(msg):
+    data = encode(msg)
+    assert struct.unpack(">I", data[:4])[0] == len(data) - 4
+    decoder = Decoder()
+    (decoded,) = decoder.feed(data)
+    assert type(decoded) is type(msg)
+    assert decoded == msg
+    assert decoder.pending == 0
+
+
+def test_tuple_arguments_arrive_as_lists():
+    (decoded,) = Decoder().feed(encode(Run("t", "n", (1, (2, 3)), {"a": (4,)}, 1)))  # type: ignore[arg-type]
+    assert decoded.args == [1, [2, 3]]
+    assert decoded.kwargs == {"a": [4]}
+
+
+def test_stream_split_at_every_offset_yields_the_same_messages():
+    stream = b"".join(encode(m) for m in SAMPLES)
+    for cut in range(len(stream) + 1):
+        decoder = Decoder()
+        got = list(decoder.feed(stream[:cut]))
+        got += list(decoder.feed(stream[cut:]))
+        assert got == SAMPLES, f"cut at {cut}"
+        assert decoder.pending == 0
+
+
+def test_stream_fed_one_byte_at_a_time_yields_the_same_messages():
+    stream = b"".join(encode(m) for m in SAMPLES)
+    decoder = Decoder()
+    got: list[Message] = []
+    for index in range(len(stream)):
+        got += decoder.feed(stream[index : index + 1])
+    assert got == SAMPLES
+    assert decoder.pending == 0
+
+
+def test_pending_counts_the_bytes_of_an_incomplete_frame():
+    data = encode(Cancel("abc"))
+    decoder = Decoder()
+    assert list(decoder.feed(data[:-1])) == []
+    assert decoder.pending == len(data) - 1
+    assert list(decoder.feed(data[-1:])) == [Cancel("abc")]
+    assert decoder.pending == 0
+
+
+def test_frame_of_exactly_max_frame_bytes_is_accepted():
+    data = encode(Stats({"blob": "x" * 100}))
+    assert decode_all(data, max_frame=len(data) - 4) == [Stats({"blob": "x" * 100})]
+
+
+def test_oversized_length_header_is_refused_from_the_header_alone():
+    decoder = Decoder(max_frame=100)
+    with pytest.raises(ProtocolError, match="exceeds"):
+        list(decoder.feed(struct.pack(">I", 101)))
+
+
+def test_oversized_header_is_refused_when_its_last_byte_arrives():
+    decoder = Decoder(max_frame=1000)
+    header = struct.pack(">I", 2**32 - 1)
+    assert list(decoder.feed(header[:3])) == []
+    with pytest.raises(ProtocolError):
+        list(decoder.feed(header[3:]))
+
+
+def test_frame_one_byte_over_max_frame_is_refused():
+    data = encode(Stats({"blob": "x" * 100}))
+    with pytest.raises(ProtocolError):
+        decode_all(data[:4], max_frame=len(data) - 5)
+
+
+# -- bad payloads ------------------------------------------------------------
+
+HELLO = [1, "taskpool", 1]
+
+BAD_PAYLOADS = {
+    # garbage
+    "empty payload": b"",
+    "never-used byte 0xc1": b"\xc1",
+    "truncated array": b"\x93\x01\xa1",
+    "trailing bytes after the array": msgpack.packb([5]) + b"\x00",
+    "random bytes": bytes(range(200, 256)),
+    # not an array
+    "nil": msgpack.packb(None),
+    "int": msgpack.packb(1),
+    "str": msgpack.packb("taskpool"),
+    "map": msgpack.packb({"type": 1}),
+    "empty array": msgpack.packb([]),
+    "array starting with a str": msgpack.packb(["1", "taskpool", 1]),
+    "array starting with a bool": msgpack.packb([True, "taskpool", 1]),
+    "array starting with a float": msgpack.packb([1.0, "taskpool", 1]),
+    # unknown type codes
+    "unknown type code 0": msgpack.packb([0]),
+    "unknown type code 99": msgpack.packb([99, "x"]),
+    "unknown type code -1": msgpack.packb([-1]),
+    "unknown type code 2**64-1": msgpack.packb([2**64 - 1]),
+    # wrong field counts
+    "Hello with one field": msgpack.packb([1, "taskpool"]),
+    "Hello with three fields": msgpack.packb([*HELLO, 0]),
+    "StatsRequest with a field": msgpack.packb([5, None]),
+    "Submit without its optional fields": msgpack.packb([2, "t", "n", [], {}]),
+    "Error without task_id": msgpack.packb([14, "internal", "boom"]),
+    # wrong field types
+    "Hello.version bool": msgpack.packb([1, "taskpool", True]),
+    "Hello.version float": msgpack.packb([1, "taskpool", 1.0]),
+    "Hello.version str": msgpack.packb([1, "taskpool", "1"]),
+    "Hello.magic bytes": msgpack.packb([1, b"taskpool", 1], use_bin_type=True),
+    "Cancel.task_id int": msgpack.packb([4, 7]),
+    "Cancel.task_id nil": msgpack.packb([4, None]),
+    "Submit.args map": msgpack.packb([2, "t", "n", {}, {}, None, None, None, None, None]),
+    "Submit.kwargs array": msgpack.packb([2, "t", "n", [], [], None, None, None, None, None]),
+    "Submit.priority float": msgpack.packb([2, "t", "n", [], {}, 1.5, None, None, None, None]),
+    "Submit.priority bool": msgpack.packb([2, "t", "n", [], {}, True, None, None, None, None]),
+    "Submit.run_after bool": msgpack.packb([2, "t", "n", [], {}, None, False, None, None, None]),
+    "Submit.max_attempts float": msgpack.packb([2, "t", "n", [], {}, None, None, 3.0, None, None]),
+    "Submit.timeout str": msgpack.packb([2, "t", "n", [], {}, None, None, None, "5", None]),
+    "Submit.queue int": msgpack.packb([2, "t", "n", [], {}, None, None, None, None, 1]),
+    "Query.wait bool": msgpack.packb([3, "t", True]),
+    "Query.wait nil": msgpack.packb([3, "t", None]),
+    "Welcome.pid float": msgpack.packb([10, 1, 4242.0]),
+    "Run.attempt bool": msgpack.packb([20, "t", "n", [], {}, True]),
+    "Ready.tasks array": msgpack.packb([30, 1, 1, []]),
+    "Progress.percent nil": msgpack.packb([31, "t", None, None]),
+    "Progress.percent bool": msgpack.packb([31, "t", True, None]),
+    "Done.ok int": msgpack.packb([32, "t", 1, None, None, 0]),
+    "Done.rss float": msgpack.packb([32, "t", True, None, None, 0.0]),
+    "Done.error array": msgpack.packb([32, "t", False, None, [], 0]),
+    "TaskInfo.attempts bool": msgpack.packb([12, "t", "n", "READY", False, None, None, None, [], []]),
+    "Error.task_id int": msgpack.packb([14, "internal", "boom", 3]),
+    # msgpack extension types (ext_hook)
+    "ext type 5 in Stats.data": msgpack.packb([13, {"x": msgpack.ExtType(5, b"abc")}]),
+    "ext type 127 in Submit.args": msgpack.packb([2, "t", "n", [msgpack.ExtType(127, b"")], {}, None, None, None, None, None]),
+    "ext type -2 in Done.result": msgpack.packb([32, "t", True, msgpack.ExtType(-2, b"x"), None, 0]),
+    "ext type 1 as type code": msgpack.packb([msgpack.ExtType(1, b"\x01")]),
+    "malformed timestamp ext": msgpack.packb([13, {"x": msgpack.ExtType(-1, b"\x01")}]),
+    # containers that claim more entries than the payload could hold
+    "map32 of 2**32-1 entries, no body": b"\xdf\xff\xff\xff\xff",
+    "array32 of 2**32-1 entries, no body": b"\xdd\xff\xff\xff\xff",
+    "nested map32 of 2**32-1 entries": b"\x92\x0d\xdf\xff\xff\xff\xff",
+    "nested array32 in Submit.args": b"\x9a\x02\xa1t\xa1n\xdd\xff\xff\xff\xff",
+    "str32 of 2**32-1 bytes, no body": b"\x92\x04\xdb\xff\xff\xff\xff",
+    "bin32 of 2**32-1 bytes, no body": b"\x92\x04\xc6\xff\xff\xff\xff",
+    # invalid UTF-8 in str fields
+    "invalid UTF-8 in Cancel.task_id": b"\x92\x04\xa2\xff\xfe",
+    "invalid UTF-8 in Hello.magic": b"\x93\x01\xa2\xc3\x28\x01",
+    "invalid UTF-8 in a map key": b"\x92\x0d\x81\xa1\xff\xc0",
+    "lone surrogate in str": b"\x92\x04\xa3\xed\xa0\x80",
+    # non-str map keys
+    "int map key": msgpack.packb([13, {1: 2}]),
+    # deep nesting
+    "arrays nested 5000 deep": b"\x91" * 5000 + b"\xc0",
+    "arrays nested 200000 deep": b"\x91" * 200_000 + b"\xc0",
+    "maps nested 5000 deep": b"\x92\x0d" + b"\x81\xa1k" * 5000 + b"\xc0",
+}
+
+
+@pytest.mark.parametrize("payload", BAD_PAYLOADS.values(), ids=BAD_PAYLOADS.keys())
+def test_bad_payload_raises_protocol_error(payload):
+    with pytest.raises(ProtocolError):
+        decode_all(frame(payload))
+
+
+@pytest.mark.parametrize("payload", BAD_PAYLOADS.values(), ids=BAD_PAYLOADS.keys())
+def test_bad_payload_raises_protocol_error_from_decode_payload(payload):
+    with pytest.raises(ProtocolError):
+        protocol.decode_payload(payload)
+
+
+def test_msgpack_timestamp_extension_is_refused():
+    # Extension type -1 (msgpack's timestamp) is an extension type like any other:
+    # nothing but JSON values may come off the wire.
+    payload = msgpack.packb([2, "t", "n", [msgpack.Timestamp(1, 0)], {}, None, None, None, None, None])
+    with pytest.raises(ProtocolError):
+        decode_all(frame(payload))
+
+
+def test_good_frames_before_a_bad_one_are_yielded_first():
+    good = [Hello("taskpool", 1), Cancel("a")]
+    data = b"".join(encode(m) for m in good) + frame(msgpack.packb([99])) + encode(Cancel("after"))
+    got: list[Message] = []
+    with pytest.raises(ProtocolError, match="unknown message type 99"):
+        for msg in Decoder().feed(data):
+            got.append(msg)
+    assert got == good
+
+
+def test_good_frames_before_an_oversized_header_are_yielded_first():
+    good = encode(Accepted("a"))
+    got: list[Message] = []
+    with pytest.raises(ProtocolError):
+        for msg in Decoder(max_frame=64).feed(good + struct.pack(">I", 65)):
+            got.append(msg)
+    assert got == [Accepted("a")]
+
+
+# -- JSON compatibility and encoding ------------------------------------------
+
+
+class Thing:
+    pass
+
+
+NOT_JSON = {
+    "bytes": b"x",
+    "bytearray": bytearray(b"x"),
+    "set": {1},
+    "frozenset": frozenset(),
+    "object": object(),
+    "custom object": Thing(),
+    "complex": 1j,
+    "datetime": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    "int key": {1: "a"},
+    "None key": {None: "a"},
+    "tuple key": {(1, 2): "a"},
+    "nan": math.nan,
+    "inf": math.inf,
+    "-inf": -math.inf,
+    "2**64": 2**64,
+    "-(2**63)-1": -(2**63) - 1,
+    "huge int": 10**40,
+    "bytes nested in a list": [1, [2, b"x"]],
+    "set nested in a dict": {"a": {"b": {1, 2}}},
+    "nan nested in a tuple": (1.0, (math.nan,)),
+    "nested more than 100 deep": [[[]]] if False else None,  # replaced below
+}
+_deep: list = []
+_cursor = _deep
+for _ in range(150):
+    _cursor.append([])
+    _cursor = _cursor[0]
+NOT_JSON["nested more than 100 deep"] = _deep
+
+JSON_OK = {
+    "None": None,
+    "True": True,
+    "False": False,
+    "empty str": "",
+    "unicode str": "é✓\U0001f600",
+    "zero": 0,
+    "2**64-1": 2**64 - 1,
+    "-(2**63)": -(2**63),
+    "float": 1.5,
+    "negative zero": -0.0,
+    "empty list": [],
+    "empty tuple": (),
+    "tuple": (1, "a", None),
+    "empty dict": {},
+    "nested": {"a": [1, 2.5, {"b": (None, True, ["c"])}], "": {}},
+}
+
+
+@pytest.mark.parametrize("value", NOT_JSON.values(), ids=NOT_JSON.keys())
+def test_check_json_compatible_rejects(value):
+    with pytest.raises(InvalidArguments):
+        check_json_compatible(value, "args")
+
+
+@pytest.mark.parametrize("value", JSON_OK.values(), ids=JSON_OK.keys())
+def test_check_json_compatible_accepts(value):
+    assert check_json_compatible(value, "args") is None
+
+
+def test_check_json_compatible_names_where_the_bad_value_is():
+    with pytest.raises(InvalidArguments, match=r"kwargs\['a'\]\[1\]"):
+        check_json_compatible({"a": [1, {2}]}, "kwargs")
+
+
+def test_invalid_arguments_is_a_type_error():
+    with pytest.raises(TypeError):
+        check_json_compatible({1}, "args")
+
+
+UNENCODABLE = {
+    "set": {1, 2},
+    "object": object(),
+    "custom object": Thing(),
+    "complex": 2j,
+    "naive datetime": dt.datetime(2024, 1, 1),
+    "2**64": 2**64,
+    "-(2**63)-1": -(2**63) - 1,
+    "set nested in a dict": {"a": [{"b"}]},
+}
+
+
+@pytest.mark.parametrize("value", UNENCODABLE.values(), ids=UNENCODABLE.keys())
+def test_encode_raises_invalid_arguments_for_unencodable_values(value):
+    with pytest.raises(InvalidArguments):
+        encode(Submit("t", "n", [value], {}))
+    with pytest.raises(InvalidArguments):
+        encode(Done("t", True, value, None, 0))
+
+
+def test_encode_raises_invalid_arguments_for_too_deep_nesting():
+    value: list = []
+    cursor = value
+    for _ in range(2000):
+        cursor.append([])
+        cursor = cursor[0]
+    with pytest.raises(InvalidArguments):
+        encode(Stats({"deep": value}))
+
+
+# -- properties ------------------------------------------------------------------
+
+CODES = sorted(protocol._BY_CODE)
+MAX_FRAME = 64
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+# Payloads that look like messages: a real type code and a few JSON-ish or binary fields.
+message_like = st.builds(
+    lambda code, rest: msgpack.packb([code, *rest], use_bin_type=True),
+    st.sampled_from(CODES),
+    st.lists(json_values | st.binary(max_size=6), max_size=10),
+)
+frames = st.lists(
+    (st.binary(max_size=MAX_FRAME + 8) | message_like).map(frame), min_size=1, max_size=4
+).map(b"".join)
+wire_bytes = st.binary(max_size=300) | frames | st.tuples(frames, st.binary(max_size=20)).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=wire_bytes, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8))
+def test_arbitrary_bytes_yield_messages_or_protocol_error(data, cuts):
+    decoder = Decoder(max_frame=MAX_FRAME)
+    points = sorted({min(cut, len(data)) for cut in cuts})
+    bounds = [0, *points, len(data)]
+    try:
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            for msg in decoder.feed(data[start:end]):
+                assert isinstance(msg, Message)
+    except ProtocolError:
+        return
+    assert decoder.pending <= MAX_FRAME + 4
+
+
+def assert_same(got, expected):
+    """Equal values of exactly the same types (so True is not 1 and 1.0 is not 1)."""
+    assert type(got) is type(expected), (got, expected)
+    if isinstance(expected, list):
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected, strict=True):
+            assert_same(g, e)
+    elif isinstance(expected, dict):
+        assert list(got) == list(expected)
+        for key in expected:
+            assert_same(got[key], expected[key])
+    elif isinstance(expected, float):
+        assert got == expected and math.copysign(1.0, got) == math.copysign(1.0, expected)
+    else:
+        assert got == expected
+
+
+@settings(max_examples=250, deadline=None)
+@given(args=st.lists(json_values, max_size=4), kwargs=st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+def test_json_like_values_round_trip_exactly_inside_submit(args, kwargs):
+    check_json_compatible(args, "args")
+    check_json_compatible(kwargs, "kwargs")
+    (decoded,) = Decoder().feed(encode(Submit("task-id", "mod.fn", args, kwargs)))
+    assert isinstance(decoded, Submit)
+    assert_same(decoded.args, args)
+    assert_same(decoded.kwargs, kwargs)
