@@ -49,7 +49,7 @@ class ProcessSampler:
 
 def build_stats(sup: Any, version: str) -> dict:
     """The STATS reply: the supervisor, each worker (with psutil figures), queue, counters."""
-    workers = sorted(sup.workers.values(), key=lambda w: (w.generation, w.wid))
+    workers = sorted(sup.workers, key=lambda w: (w.generation, w.wid))
     metrics = sup.sampler.sample([os.getpid(), *(w.pid for w in workers)])
     rows = []
     for w in workers:
@@ -67,14 +67,14 @@ def build_stats(sup: Any, version: str) -> dict:
         "version": version,
         "uptime": round(time.monotonic() - sup.started_mono, 3),
         "started_at": sup.started_wall,
-        "generation": sup.generation,
+        "generation": sup.workers.generation,
         "phase": sup.phase,
         "socket": sup.socket_path,
-        "target_workers": sup.target,
+        "target_workers": sup.workers.target,
         "rss": own_rss,
         "cpu_percent": own_cpu,
         "workers": rows,
-        "queue": {"ready": len(sup.ready), "delayed": len(sup.delayed), "running": sup._running()},
+        "queue": {"ready": len(sup.ready), "delayed": len(sup.delayed), "running": sup.workers.busy()},
         "counters": {**sup.ledger.counters, **sup.counters},
         "known_tasks": sorted(sup.task_defaults),
     }

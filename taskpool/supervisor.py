@@ -18,7 +18,6 @@ imports user code and never blocks on a database.
 from __future__ import annotations
 
 import grp
-import itertools
 import logging
 import os
 import selectors
@@ -30,12 +29,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import __version__, titles
-from .children import WorkerProc, WorkerState, describe_exit, kill, reap, spawn
+from .children import WorkerProc, WorkerState, describe_exit, kill, spawn
 from .config import Config, load_config
 from .connections import Client, ConnectionHub
 from .errors import ConfigError, ProtocolError
 from .health import ProcessSampler, build_stats
 from .ledger import Ledger, TaskState, error_dict
+from .pool import WorkerPool
 from .protocol import (
     READY,
     RUNNING,
@@ -61,8 +61,6 @@ log = logging.getLogger("taskpool.supervisor")
 BOOT_FAILURE_EXIT = 3
 MAX_WAIT = 3600.0
 MAX_ID_LENGTH = 200
-RESPAWN_BACKOFF = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
-CRASH_WINDOW = 5.0  # a worker dying sooner than this after boot counts toward backoff
 HANDLED_SIGNALS = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
 
 
@@ -96,19 +94,13 @@ class Supervisor:
         )
         self.ready = ReadyQueue()
         self.delayed = DelayHeap()
-        self.workers: dict[int, WorkerProc] = {}
+        self.workers = WorkerPool(config.workers, self._spawn, self.hub.unregister)
         self.pending_signals: list[int] = []
         self.sampler = ProcessSampler()
-        self.generation = 1
-        self.previous_generation: int | None = None  # set while a reload is in progress
-        self.target = config.workers
         self.task_defaults: dict[str, dict] = {}  # from the current generation's Ready frames
         self.phase = "starting"
         self.stop_deadline: float | None = None
         self.exit_code = 0
-        self.crash_streak = 0
-        self.next_spawn_at = 0.0
-        self.ever_ready = False
         self.counters = {"worker_restarts": 0, "worker_crashes": 0, "timeouts": 0}
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
@@ -127,7 +119,7 @@ class Supervisor:
         self.selector.register(self.listener, selectors.EVENT_READ, self._on_accept)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
         self.phase = "running"
-        titles.set_title(f"supervisor gen {self.generation} {self.socket_path}")
+        titles.set_title(f"supervisor gen {self.workers.generation} {self.socket_path}")
 
     def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
@@ -174,9 +166,8 @@ class Supervisor:
                 pass
             self.listener = None
         self.hub.close_all()
-        for worker in self.workers.values():
-            if worker.conn is not None:
-                worker.conn.close()
+        for worker in self.workers:
+            self.workers.disconnect(worker)
         self.selector.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -210,17 +201,14 @@ class Supervisor:
         due = self.delayed.next_due()
         if due is not None:
             candidates.append(due - now)
-        for worker in self.workers.values():
-            for moment in (worker.deadline, worker.kill_at):
-                if moment is not None:
-                    candidates.append(moment - now)
+        worker_due = self.workers.next_deadline(now)
+        if worker_due is not None:
+            candidates.append(worker_due - now)
         waiter_due = self.hub.next_deadline()
         if waiter_due is not None:
             candidates.append(waiter_due - now)
         if self.stop_deadline is not None:
             candidates.append(self.stop_deadline - now)
-        if self.next_spawn_at > now:
-            candidates.append(self.next_spawn_at - now)
         return max(0.0, min(candidates))
 
     # -- signals -------------------------------------------------------------
@@ -258,18 +246,18 @@ class Supervisor:
         self.stop_now(now)
 
     def handle_ttin(self, now: float) -> None:
-        self.target += 1
-        log.info("SIGTTIN: target is now %d workers", self.target)
+        self.workers.target += 1
+        log.info("SIGTTIN: target is now %d workers", self.workers.target)
 
     def handle_ttou(self, now: float) -> None:
-        self.target = max(1, self.target - 1)
-        log.info("SIGTTOU: target is now %d workers", self.target)
+        self.workers.target = max(1, self.workers.target - 1)
+        log.info("SIGTTOU: target is now %d workers", self.workers.target)
 
     def handle_usr1(self, now: float) -> None:
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.close()  # reopened on the next record
-        for worker in self.workers.values():
+        for worker in self.workers:
             kill(worker.pid, signal.SIGUSR1)
         log.info("SIGUSR1: log files reopened")
 
@@ -281,13 +269,12 @@ class Supervisor:
         log.info("stopping: waiting up to %.1fs for %d running task(s)", self.config.graceful_timeout, self._running())
         self.phase = "stopping"
         self.stop_deadline = now + self.config.graceful_timeout
-        for worker in list(self.workers.values()):
-            self.retire(worker, now)
+        self.workers.retire_all(now, self.config.graceful_timeout)
 
     def stop_now(self, now: float) -> None:
         self.phase = "stopping"
         self.stop_deadline = now
-        for worker in list(self.workers.values()):
+        for worker in self.workers:
             self._kill_interrupting(worker, "stopped at once by the supervisor")
 
     def _kill_interrupting(self, worker: WorkerProc, why: str) -> None:
@@ -297,14 +284,14 @@ class Supervisor:
             self.ledger.interrupt(task, why)
             self._enqueue(task, time.monotonic())
         worker.task_id = None
-        self._kill(worker)
+        self.workers.kill(worker)
 
     def wait_for_children(self) -> None:
         while self.workers:
-            pid, status = os.waitpid(-1, 0)
-            worker = self.workers.pop(pid, None)
-            if worker is not None and worker.conn is not None:
-                self.hub.unregister(worker.conn)
+            pid, _status = os.waitpid(-1, 0)
+            worker = self.workers.table.pop(pid, None)
+            if worker is not None:
+                self.workers.disconnect(worker)
 
     def reload(self, now: float) -> None:
         """New config, new generation; old workers retire as new ones become ready."""
@@ -318,46 +305,26 @@ class Supervisor:
         if config.socket_path != self.socket_path:
             log.warning("SIGHUP: the socket path cannot change on reload; keeping %s", self.socket_path)
         self.config = config
-        self.target = config.workers
+        self.workers.target = config.workers
         self.handle_usr1(now)
-        if self.previous_generation is None:
-            self.previous_generation = self.generation
-        self.generation += 1
-        log.info("SIGHUP: reloading, starting generation %d", self.generation)
-        titles.set_title(f"supervisor gen {self.generation} {self.socket_path}")
-
-    def _abort_reload(self, reason: str) -> None:
-        failed, self.generation = self.generation, self.previous_generation or self.generation
-        self.previous_generation = None
-        log.error("reload failed, generation %d keeps running: %s", self.generation, reason)
-        for worker in list(self.workers.values()):
-            if worker.generation == failed:
-                self._kill(worker)
+        self.workers.begin_reload()
+        log.info("SIGHUP: reloading, starting generation %d", self.workers.generation)
+        titles.set_title(f"supervisor gen {self.workers.generation} {self.socket_path}")
 
     # -- children --------------------------------------------------------------
 
     def manage_workers(self, now: float) -> None:
-        if self.phase != "running":
-            return
-        current = [w for w in self.workers.values() if w.generation == self.generation and w.serving]
-        if len(current) > self.target:
-            excess = sorted(current, key=lambda w: (w.state != WorkerState.IDLE, w.started))
-            for worker in excess[: len(current) - self.target]:
-                self.retire(worker, now)
-        elif len(current) < self.target and now >= self.next_spawn_at:
-            used = {w.wid for w in current}
-            free = (wid for wid in itertools.count(1) if wid not in used)
-            for wid in itertools.islice(free, self.target - len(current)):
-                self._spawn(wid, now)
+        if self.phase == "running":
+            self.workers.manage(now, self.config.graceful_timeout)
 
-    def _spawn(self, wid: int, now: float) -> None:
+    def _spawn(self, wid: int, generation: int, now: float) -> WorkerProc:
         worker = spawn(
-            wid, self.generation, self.config.import_, self.config.max_frame, self.config.client_buffer,
+            wid, generation, self.config.import_, self.config.max_frame, self.config.client_buffer,
             self.config.max_memory_per_worker > 0, self._close_in_child, now,
         )
-        self.workers[worker.pid] = worker
         self.selector.register(worker.conn.sock, selectors.EVENT_READ, self._worker_event(worker))
-        log.debug("forked worker %d gen %d pid %d", wid, worker.generation, worker.pid)
+        log.debug("forked worker %d gen %d pid %d", wid, generation, worker.pid)
+        return worker
 
     def _worker_event(self, worker: WorkerProc) -> Callable[[Any, int, float], None]:
         def on_event(key: Any, mask: int, now: float) -> None:
@@ -373,11 +340,10 @@ class Supervisor:
             for msg in worker.conn.read():
                 self.handle_worker_message(worker, msg, now)
         except Closed:
-            self.hub.unregister(worker.conn)  # death is handled when it is reaped
-            worker.conn = None
+            self.workers.disconnect(worker)  # its death is handled when it is reaped
         except ProtocolError as exc:
             log.error("worker %d sent a bad frame (%s); killing it", worker.pid, exc)
-            self._kill(worker)
+            self.workers.kill(worker)
 
     def handle_worker_message(self, worker: WorkerProc, msg: Message, now: float) -> None:
         if isinstance(msg, Done):
@@ -396,26 +362,9 @@ class Supervisor:
     def _on_ready(self, worker: WorkerProc, msg: Ready, now: float) -> None:
         if worker.state != WorkerState.BOOTING:
             return
-        worker.state = WorkerState.IDLE
-        worker.names = sorted(msg.tasks)
-        self.ever_ready = True
-        if worker.generation == self.generation:
+        if worker.generation == self.workers.generation:
             self.task_defaults = msg.tasks
-            self.crash_streak = 0
-        if self.previous_generation is not None and worker.generation == self.generation:
-            self._retire_one_old(now)
-
-    def _retire_one_old(self, now: float) -> None:
-        old = [w for w in self.workers.values() if w.generation != self.generation and w.serving]
-        if not old:
-            self.previous_generation = None
-            log.info("reload done: generation %d serving", self.generation)
-            return
-        old.sort(key=lambda w: (w.state != WorkerState.IDLE, w.started))
-        self.retire(old[0], now)
-        if len(old) == 1:
-            self.previous_generation = None
-            log.info("reload done: generation %d serving", self.generation)
+        self.workers.mark_ready(worker, sorted(msg.tasks), now, self.config.graceful_timeout)
 
     def _on_done(self, worker: WorkerProc, msg: Done, now: float) -> None:
         if worker.task_id != msg.task_id:
@@ -430,46 +379,26 @@ class Supervisor:
                 self.ledger.succeed(task, msg.result)
             else:
                 self.ledger.fail(task, msg.error or error_dict("builtins.Exception", "task failed"))
-        limit_tasks = self.config.max_tasks_per_worker
-        limit_mb = self.config.max_memory_per_worker
-        if worker.retire_after_task or worker.generation != self.generation or self.phase != "running":
-            self.retire(worker, now)
-        elif limit_tasks and worker.tasks_done >= limit_tasks:
+        if self._should_retire(worker, msg.rss):
+            self.workers.retire(worker, now, self.config.graceful_timeout)
+
+    def _should_retire(self, worker: WorkerProc, rss: int) -> bool:
+        limit_tasks, limit_mb = self.config.max_tasks_per_worker, self.config.max_memory_per_worker
+        if worker.retire_after_task or worker.generation != self.workers.generation or self.phase != "running":
+            return True
+        if limit_tasks and worker.tasks_done >= limit_tasks:
             log.info("worker %d did %d tasks; recycling it", worker.pid, worker.tasks_done)
-            self.retire(worker, now)
-        elif limit_mb and msg.rss > limit_mb * 1024 * 1024:
-            log.info("worker %d uses %d MB; recycling it", worker.pid, msg.rss // 2**20)
-            self.retire(worker, now)
-
-    def retire(self, worker: WorkerProc, now: float) -> None:
-        """Let the worker finish its task, then close its channel so it exits."""
-        if worker.state == WorkerState.BUSY:
-            worker.retire_after_task = True
-            return
-        if worker.state in (WorkerState.RETIRING, WorkerState.KILLED):
-            return
-        worker.state = WorkerState.RETIRING
-        worker.kill_at = now + max(self.config.graceful_timeout, 1.0)
-        if worker.conn is not None:
-            self.hub.unregister(worker.conn)
-            worker.conn = None
-
-    def _kill(self, worker: WorkerProc) -> None:
-        worker.state = WorkerState.KILLED
-        worker.kill_at = None
-        worker.deadline = None
-        kill(worker.pid)
+            return True
+        if limit_mb and rss > limit_mb * 1024 * 1024:
+            log.info("worker %d uses %d MB; recycling it", worker.pid, rss // 2**20)
+            return True
+        return False
 
     def reap_children(self, now: float) -> None:
-        for pid, status in reap():
-            worker = self.workers.pop(pid, None)
-            if worker is not None:
-                self._on_exit(worker, status, now)
+        for worker, status in self.workers.reap():
+            self._on_exit(worker, status, now)
 
     def _on_exit(self, worker: WorkerProc, status: int, now: float) -> None:
-        if worker.conn is not None:
-            self.hub.unregister(worker.conn)
-            worker.conn = None
         how = describe_exit(status)
         expected = worker.state in (WorkerState.RETIRING, WorkerState.KILLED)
         if worker.task_id is not None:
@@ -479,7 +408,7 @@ class Supervisor:
         elif not expected:
             log.warning("worker %d (pid %d) %s", worker.wid, worker.pid, how)
             self.counters["worker_crashes"] += 1
-            self._note_crash(worker, now)
+            self.workers.note_crash(worker, now)
         if self.phase == "running":
             self.counters["worker_restarts"] += 1
 
@@ -498,26 +427,15 @@ class Supervisor:
             self.ledger.interrupt(task, error["message"])
             self._enqueue(task, now)
 
-    def _note_crash(self, worker: WorkerProc, now: float) -> None:
-        if now - worker.started < CRASH_WINDOW:
-            self.crash_streak += 1
-        else:
-            self.crash_streak = 0
-        delay = RESPAWN_BACKOFF[min(self.crash_streak, len(RESPAWN_BACKOFF) - 1)]
-        self.next_spawn_at = now + delay
-        if delay:
-            log.warning("workers are dying soon after start; next spawn in %.1fs", delay)
-
     def _boot_failed(self, worker: WorkerProc, how: str, now: float) -> None:
         reason = worker.boot_error or f"worker {how} before it was ready"
-        if self.previous_generation is not None and worker.generation == self.generation:
-            self._abort_reload(reason)
+        if self.workers.reloading(worker):
+            self.workers.abort_reload(reason)
             return
-        serving = any(w.state in (WorkerState.IDLE, WorkerState.BUSY) for w in self.workers.values())
-        if not serving or not self.ever_ready:
+        if not self.workers.serving() or not self.workers.ever_ready:
             raise SupervisorExit(BOOT_FAILURE_EXIT, f"cannot start workers: {reason}")
         log.error("a replacement worker failed to boot: %s", reason)
-        self._note_crash(worker, now)
+        self.workers.note_crash(worker, now)
 
     # -- timers ----------------------------------------------------------------
 
@@ -526,16 +444,16 @@ class Supervisor:
             task = self.ledger.active.get(task_id)
             if task is not None and task.status == READY:
                 self.ready.push(task_id, task.priority)
-        for worker in list(self.workers.values()):
+        for worker in self.workers:
             if worker.deadline is not None and now >= worker.deadline:
                 self._time_out(worker)
             elif worker.kill_at is not None and now >= worker.kill_at:
                 log.warning("worker %d did not exit in time; killing it", worker.pid)
-                self._kill(worker)
+                self.workers.kill(worker)
         self.hub.expire(now, self._info_of)
         if self.stop_deadline is not None and now >= self.stop_deadline:
             self.stop_deadline = None
-            for worker in list(self.workers.values()):
+            for worker in self.workers:
                 if worker.state == WorkerState.BUSY:
                     self._kill_interrupting(worker, "stopped at the graceful timeout")
 
@@ -543,7 +461,7 @@ class Supervisor:
         task = self.ledger.active.get(worker.task_id)
         self.counters["timeouts"] += 1
         worker.task_id = None
-        self._kill(worker)
+        self.workers.kill(worker)
         if task is not None:
             log.warning("task %s (%s) passed its %ss timeout; killed worker %d",
                         task.task_id, task.name, task.timeout, worker.pid)
@@ -562,9 +480,7 @@ class Supervisor:
     def dispatch(self, now: float) -> None:
         if self.phase != "running" or not self.ready:
             return
-        for worker in self.workers.values():
-            if worker.state != WorkerState.IDLE or worker.retire_after_task or worker.conn is None:
-                continue
+        for worker in self.workers.idle():
             task_id = self.ready.pop()
             if task_id is None:
                 return
@@ -645,17 +561,17 @@ class Supervisor:
             self.delayed.discard(task_id)
             self.ledger.cancel(task)
         elif task.status == RUNNING:
-            for worker in self.workers.values():
+            for worker in self.workers:
                 if worker.task_id == task_id:
                     worker.task_id = None
-                    self._kill(worker)
+                    self.workers.kill(worker)
             self.ledger.cancel(task, error_dict("taskpool.errors.Cancelled", "cancelled while running; its worker was stopped"))
         return task.info()
 
     # -- stats -------------------------------------------------------------------
 
     def _running(self) -> int:
-        return sum(1 for w in self.workers.values() if w.task_id is not None)
+        return self.workers.busy()
 
     def stats(self) -> dict:
         return build_stats(self, __version__)
