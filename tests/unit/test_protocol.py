@@ -211,9 +211,9 @@ BAD_PAYLOADS = {
     # msgpack extension types (ext_hook)
     "ext type 5 in Stats.data": msgpack.packb([13, {"x": msgpack.ExtType(5, b"abc")}]),
     "ext type 127 in Submit.args": msgpack.packb([2, "t", "n", [msgpack.ExtType(127, b"")], {}, None, None, None, None, None]),
-    "ext type -2 in Done.result": msgpack.packb([32, "t", True, msgpack.ExtType(-2, b"x"), None, 0]),
+    "ext type -2 in Done.result": b"\x96\x20\xa1t\xc3\xd4\xfex\xc0\x00",  # fixext1, type -2
     "ext type 1 as type code": msgpack.packb([msgpack.ExtType(1, b"\x01")]),
-    "malformed timestamp ext": msgpack.packb([13, {"x": msgpack.ExtType(-1, b"\x01")}]),
+    "malformed timestamp ext": b"\x92\x0d\x81\xa1x\xd4\xff\x01",  # fixext1, type -1, 1 byte
     # containers that claim more entries than the payload could hold
     "map32 of 2**32-1 entries, no body": b"\xdf\xff\xff\xff\xff",
     "array32 of 2**32-1 entries, no body": b"\xdd\xff\xff\xff\xff",
@@ -281,6 +281,13 @@ class Thing:
     pass
 
 
+def nested_lists(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 NOT_JSON = {
     "bytes": b"x",
     "bytearray": bytearray(b"x"),
@@ -302,14 +309,8 @@ NOT_JSON = {
     "bytes nested in a list": [1, [2, b"x"]],
     "set nested in a dict": {"a": {"b": {1, 2}}},
     "nan nested in a tuple": (1.0, (math.nan,)),
-    "nested more than 100 deep": [[[]]] if False else None,  # replaced below
+    "lists nested 150 deep": nested_lists(150),
 }
-_deep: list = []
-_cursor = _deep
-for _ in range(150):
-    _cursor.append([])
-    _cursor = _cursor[0]
-NOT_JSON["nested more than 100 deep"] = _deep
 
 JSON_OK = {
     "None": None,
@@ -327,6 +328,7 @@ JSON_OK = {
     "tuple": (1, "a", None),
     "empty dict": {},
     "nested": {"a": [1, 2.5, {"b": (None, True, ["c"])}], "": {}},
+    "lists nested 50 deep": nested_lists(50),
 }
 
 
@@ -372,13 +374,8 @@ def test_encode_raises_invalid_arguments_for_unencodable_values(value):
 
 
 def test_encode_raises_invalid_arguments_for_too_deep_nesting():
-    value: list = []
-    cursor = value
-    for _ in range(2000):
-        cursor.append([])
-        cursor = cursor[0]
     with pytest.raises(InvalidArguments):
-        encode(Stats({"deep": value}))
+        encode(Stats({"deep": nested_lists(2000)}))
 
 
 # -- properties ------------------------------------------------------------------
@@ -404,8 +401,9 @@ message_like = st.builds(
     st.sampled_from(CODES),
     st.lists(json_values | st.binary(max_size=6), max_size=10),
 )
+valid_frames = st.sampled_from([encode(m) for m in SAMPLES if len(encode(m)) - 4 <= MAX_FRAME])
 frames = st.lists(
-    (st.binary(max_size=MAX_FRAME + 8) | message_like).map(frame), min_size=1, max_size=4
+    (st.binary(max_size=MAX_FRAME + 8) | message_like).map(frame) | valid_frames, min_size=1, max_size=4
 ).map(b"".join)
 wire_bytes = st.binary(max_size=300) | frames | st.tuples(frames, st.binary(max_size=20)).map(b"".join)
 

@@ -1,0 +1,107 @@
+"""The client: one connection per thread, a fresh one after fork, clear errors."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+import sample_tasks
+from helpers import wait_until
+
+import taskpool
+from taskpool.client import Client, default_client
+from taskpool.protocol import StatsRequest
+
+
+@pytest.fixture
+def configured(supervisor):
+    taskpool.configure(socket=supervisor.socket)
+    yield supervisor
+    taskpool.configure(socket="")
+
+
+def test_threads_share_the_client_safely(configured):
+    results: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            handles = [sample_tasks.add.submit(n, i) for i in range(25)]
+            results[n] = [h.result(timeout=30) for h in handles]
+        except BaseException as exc:  # reported to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert results == {n: [n + i for i in range(25)] for n in range(12)}
+
+
+def test_a_blocking_result_wait_does_not_block_other_threads(configured, tmp_path):
+    gate = tmp_path / "gate"
+    slow = sample_tasks.wait_for_file.submit(str(gate))
+    waiting = threading.Thread(target=slow.result, kwargs={"timeout": 30})
+    waiting.start()
+    try:
+        assert sample_tasks.add.submit(1, 2).result(timeout=10) == 3
+    finally:
+        gate.touch()
+        waiting.join(30)
+    assert not waiting.is_alive()
+
+
+def test_forked_child_gets_its_own_connection(configured):
+    assert sample_tasks.add.submit(1, 1).result(timeout=10) == 2  # parent connection exists
+    parent_channel = default_client()._local.channel
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must not reuse the parent's socket
+        code = 1
+        try:
+            child_channel_before = getattr(default_client()._local, "channel", None)
+            value = sample_tasks.add.submit(20, 22).result(timeout=10)
+            fresh = default_client()._local.channel is not child_channel_before
+            os.write(write_end, f"{value} {fresh}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    report = os.read(read_end, 100).decode()
+    os.close(read_end)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert report == "42 True"
+    assert default_client()._local.channel is parent_channel
+    assert sample_tasks.add.submit(2, 2).result(timeout=10) == 4
+
+
+def test_reconnects_after_supervisor_restart(start_supervisor, tmp_path):
+    spool = tmp_path / "spool-restart"
+    first = start_supervisor("--workers", "1", spool=spool)
+    client = Client(first.socket)
+    assert client.request(StatsRequest()).data["pid"] == first.pid
+    first.signal(15)
+    first.wait_exit(15)
+    second = start_supervisor("--workers", "1", spool=spool)
+    assert client.request(StatsRequest()).data["pid"] == second.pid
+
+
+def test_unavailable_names_the_socket(tmp_path):
+    path = str(tmp_path / "nobody-home.sock")
+    taskpool.configure(socket=path)
+    try:
+        with pytest.raises(taskpool.SupervisorUnavailable) as caught:
+            sample_tasks.add.submit(1, 2)
+        assert path in str(caught.value)
+    finally:
+        taskpool.configure(socket="")
+
+
+def test_env_var_names_the_spool(supervisor, monkeypatch):
+    monkeypatch.setenv("TASKPOOL_SPOOL", str(supervisor.spool))
+    taskpool.configure(socket="", spool="")
+    assert wait_until(lambda: taskpool.stats()["pid"] == supervisor.pid)
