@@ -30,6 +30,15 @@ class Setting:
     many: bool = False  # may be given more than once (a list)
 
     @property
+    def kind(self) -> tuple[type, ...]:
+        """Python types accepted when the value is not a string (e.g. from Django settings)."""
+        if self.parse in (int, _octal):
+            return (int,)
+        if self.parse is float:
+            return (int, float)
+        return (str,)
+
+    @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
@@ -119,9 +128,16 @@ def resolve_socket(spool: str | None, socket: str | None) -> str:
 def _coerce(setting: Setting, raw: Any) -> Any:
     if setting.many:
         items = raw if isinstance(raw, (list, tuple)) else [raw]
-        return tuple(setting.parse(i) if isinstance(i, str) else i for i in items)
+        return tuple(_coerce_one(setting, item) for item in items)
+    return _coerce_one(setting, raw)
+
+
+def _coerce_one(setting: Setting, raw: Any) -> Any:
     if isinstance(raw, str):
         return setting.parse(raw)
+    if isinstance(raw, bool) or not isinstance(raw, setting.kind):
+        names = " or ".join(k.__name__ for k in setting.kind)
+        raise TypeError(f"expected {names}, got {type(raw).__name__}")
     return raw
 
 

@@ -294,11 +294,15 @@ def decode_payload(payload: bytes | memoryview) -> Message:
     if len(args) != len(types):
         raise ProtocolError(f"{cls.__name__} takes {len(types)} fields, got {len(args)}")
     for index, (value, accepted) in enumerate(zip(args, types, strict=True)):
-        if accepted is _ANY:
-            continue
-        if not isinstance(value, accepted) or (type(value) is bool and bool not in accepted):
-            name = fields(cls)[index].name
-            raise ProtocolError(f"{cls.__name__}.{name} has type {type(value).__name__}")
+        if accepted is _ANY or accepted is _OPT_DICT or list in accepted or dict in accepted:
+            if accepted is not _ANY and not isinstance(value, accepted):
+                raise ProtocolError(f"{cls.__name__}.{fields(cls)[index].name} has type {type(value).__name__}")
+            try:  # nested values too: no bytes, timestamps or other non-JSON types
+                check_json_compatible(value, f"{cls.__name__}.{fields(cls)[index].name}")
+            except InvalidArguments as exc:
+                raise ProtocolError(str(exc)) from None
+        elif not isinstance(value, accepted) or (type(value) is bool and bool not in accepted):
+            raise ProtocolError(f"{cls.__name__}.{fields(cls)[index].name} has type {type(value).__name__}")
     return cls(*args)
 
 

@@ -9,6 +9,7 @@ frame and never imports user code itself.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -47,7 +48,7 @@ def _epoch(run_after: Any) -> float | None:
         if run_after.tzinfo is None:
             raise ConfigError("run_after must be a timezone-aware datetime")
         return run_after.timestamp()
-    if isinstance(run_after, (int, float)) and not isinstance(run_after, bool):
+    if isinstance(run_after, (int, float)) and not isinstance(run_after, bool) and math.isfinite(run_after):
         return float(run_after)
     raise ConfigError(f"run_after must be an aware datetime or epoch seconds, got {run_after!r}")
 
@@ -91,7 +92,7 @@ class Task:
         if delay is not None and run_after is not None:
             raise ConfigError("give delay or run_after, not both")
         if delay is not None:
-            if not isinstance(delay, (int, float)) or delay < 0:
+            if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
                 raise ConfigError(f"delay must be a number of seconds, 0 or more, got {delay!r}")
             changes["run_after"] = time.time() + delay
         elif run_after is not None:

@@ -527,12 +527,13 @@ class Supervisor:
             self.hub.finished(task.task_id, task.info())
 
     def submit(self, msg: Submit, now: float) -> Message:
+        if self.ledger.get(msg.task_id) is not None:
+            return Accepted(msg.task_id)  # a re-sent Submit (the client retries once)
         problem = self._check_submit(msg)
         if problem is not None:
             return problem
-        if self.ledger.get(msg.task_id) is None:
-            task = self.ledger.accept(msg, self.task_defaults.get(msg.name))
-            self._enqueue(task, now)
+        task = self.ledger.accept(msg, self.task_defaults.get(msg.name))
+        self._enqueue(task, now)
         return Accepted(msg.task_id)
 
     def _check_submit(self, msg: Submit) -> Error | None:

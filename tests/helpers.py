@@ -7,8 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -49,7 +50,7 @@ class RunningSupervisor:
         self.seen_pids: set[int] = set()
         full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(ROOT)])}
         full_env.update(env or {})
-        self.log_file = open(self.log_path, "w")
+        self.log_file = open(self.log_path, "w")  # noqa: SIM115 - closed in cleanup()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "taskpool", "--spool", str(spool), *args],
             stdout=self.log_file, stderr=subprocess.STDOUT, env=full_env, cwd=str(cwd or spool.parent),

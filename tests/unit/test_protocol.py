@@ -296,7 +296,7 @@ NOT_JSON = {
     "object": object(),
     "custom object": Thing(),
     "complex": 1j,
-    "datetime": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    "datetime": dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
     "int key": {1: "a"},
     "None key": {None: "a"},
     "tuple key": {(1, 2): "a"},

@@ -204,7 +204,7 @@ def test_using_run_after_aware_datetime_becomes_epoch_seconds():
     when = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     copy = module_level_add.using(run_after=when)
     assert copy.options.run_after == when.timestamp()
-    assert copy.options.run_after == dt.datetime(2030, 1, 2, 1, 4, 5, tzinfo=dt.timezone.utc).timestamp()
+    assert copy.options.run_after == dt.datetime(2030, 1, 2, 1, 4, 5, tzinfo=dt.UTC).timestamp()
 
 
 def test_using_run_after_epoch_seconds():
@@ -236,7 +236,7 @@ def test_using_zero_delay_is_allowed():
         ({"delay": -0.001}, "delay"),
         ({"delay": "10"}, "delay"),
         ({"delay": 5, "run_after": 1_900_000_000}, "delay or run_after"),
-        ({"delay": 0, "run_after": dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)}, "delay or run_after"),
+        ({"delay": 0, "run_after": dt.datetime(2030, 1, 1, tzinfo=dt.UTC)}, "delay or run_after"),
         ({"run_after": dt.datetime(2030, 1, 1)}, "timezone-aware"),
         ({"run_after": "2030-01-01"}, "run_after"),
         ({"run_after": True}, "run_after"),

@@ -1,0 +1,390 @@
+"""The supervisor's loop driven one ``tick(events, now)`` at a time with a chosen clock.
+
+No worker is forked. After ``open()`` the worker pool's target is set to 0:
+``WorkerPool.manage`` forks only while fewer serving workers of the current
+generation exist than ``target`` (``len(current) < self.target``), and retires
+only when there are more, so with an empty table and a target of 0 it does
+nothing. As a guard, ``os.fork`` raises for the length of each test, and every
+test ends by checking that the worker table is still empty. Requests go straight
+to ``handle_request``; Submit, Cancel and a Query without wait never touch the
+client argument, so it is None here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from taskpool.children import WorkerProc
+from taskpool.config import load_config
+from taskpool.protocol import CANCELLED, READY, Accepted, Cancel, Error, Query, Ready, Submit, TaskInfo
+from taskpool.supervisor import Supervisor
+
+try:
+    from setproctitle import getproctitle, setproctitle
+except ImportError:  # optional dependency; Supervisor.open() sets the title when present
+    getproctitle = setproctitle = None
+
+NOW = 1000.0  # the supervisor's monotonic clock, as these tests choose it
+
+
+def _no_fork():
+    raise AssertionError("a unit test supervisor tried to fork a worker")
+
+
+@pytest.fixture
+def make_supervisor(tmp_path, monkeypatch):
+    """Factory: an opened Supervisor with no workers; every one made is closed afterwards."""
+    monkeypatch.setattr(os, "fork", _no_fork)
+    made: list[Supervisor] = []
+    title = getproctitle() if getproctitle else None
+
+    def make(**settings) -> Supervisor:
+        explicit = {"spool": str(tmp_path / f"s{len(made)}"), "workers": 1, **settings}
+        sup = Supervisor(load_config(explicit, environ={}))
+        made.append(sup)
+        sup.open()
+        sup.workers.target = 0
+        return sup
+
+    yield make
+    try:
+        assert all(len(sup.workers) == 0 for sup in made), "a worker was added to the table"
+    finally:
+        for sup in made:
+            sup.close()
+        if title is not None:
+            setproctitle(title)
+
+
+@pytest.fixture
+def sup(make_supervisor) -> Supervisor:
+    return make_supervisor()
+
+
+def submit(sup: Supervisor, task_id: str, now: float = NOW, name: str = "mod.task", **options):
+    return sup.handle_request(None, Submit(task_id, name, [1], {"k": "v"}, **options), now)
+
+
+def status(sup: Supervisor, task_id: str) -> str | None:
+    task = sup.ledger.get(task_id)
+    return task.status if task is not None else None
+
+
+def pop_all(sup: Supervisor) -> list[str]:
+    out = []
+    while (task_id := sup.ready.pop()) is not None:
+        out.append(task_id)
+    return out
+
+
+# -- the harness itself -----------------------------------------------------------
+
+
+def test_ticks_with_target_zero_fork_no_worker(sup):
+    assert sup.config.workers == 1
+    assert sup.workers.target == 0
+    assert sup.phase == "running"
+    for step in range(5):
+        sup.tick([], NOW + step)
+    assert len(sup.workers) == 0
+    assert sup.phase == "running"
+
+
+def test_ready_task_stays_queued_without_workers(sup):
+    assert submit(sup, "a") == Accepted("a")
+    sup.tick([], NOW)
+    sup.tick([], NOW + 60)
+    assert "a" in sup.ready
+    assert status(sup, "a") == READY
+    assert len(sup.workers) == 0
+
+
+# -- submit --------------------------------------------------------------------------
+
+
+def test_submit_without_run_after_goes_to_the_ready_queue(sup):
+    assert submit(sup, "a") == Accepted("a")
+    assert "a" in sup.ready
+    assert len(sup.ready) == 1
+    assert len(sup.delayed) == 0
+    task = sup.ledger.get("a")
+    assert (task.status, task.name, task.args, task.kwargs) == (READY, "mod.task", [1], {"k": "v"})
+    assert (task.priority, task.max_attempts, task.timeout, task.queue) == (0, 3, None, "default")
+    assert sup.ledger.counters["submitted"] == 1
+
+
+def test_submit_with_run_after_in_the_past_is_ready_at_once(sup):
+    assert submit(sup, "a", run_after=time.time() - 5) == Accepted("a")
+    assert "a" in sup.ready
+    assert len(sup.delayed) == 0
+
+
+def test_delayed_submit_moves_to_ready_only_when_due(sup):
+    assert submit(sup, "later", run_after=time.time() + 30) == Accepted("later")
+    assert len(sup.delayed) == 1
+    assert "later" not in sup.ready
+    due = sup.delayed.next_due()
+    assert NOW + 29 < due <= NOW + 30
+
+    sup.tick([], NOW + 10)
+    sup.tick([], due - 0.01)
+    assert "later" not in sup.ready
+    assert len(sup.delayed) == 1
+    assert status(sup, "later") == READY
+
+    sup.tick([], due)
+    assert "later" in sup.ready
+    assert len(sup.delayed) == 0
+    assert status(sup, "later") == READY
+
+
+def test_delayed_tasks_become_ready_in_due_order_with_their_priority(sup):
+    wall = time.time()
+    submit(sup, "second", run_after=wall + 20, priority=-1)
+    submit(sup, "first", run_after=wall + 10, priority=5)
+    submit(sup, "now", priority=0)
+    sup.tick([], NOW + 15)
+    assert "first" in sup.ready and "second" not in sup.ready
+    sup.tick([], NOW + 25)
+    assert len(sup.delayed) == 0
+    assert pop_all(sup) == ["first", "now", "second"]
+
+
+def test_queue_full_when_max_ready_is_reached(make_supervisor):
+    sup = make_supervisor(max_ready=2)
+    assert submit(sup, "a") == Accepted("a")
+    assert submit(sup, "b") == Accepted("b")
+    reply = submit(sup, "c")
+    assert isinstance(reply, Error)
+    assert reply.code == "queue_full"
+    assert reply.task_id == "c"
+    assert sup.ledger.get("c") is None
+    assert len(sup.ready) == 2
+
+
+def test_delayed_tasks_count_toward_max_ready(make_supervisor):
+    sup = make_supervisor(max_ready=2)
+    assert submit(sup, "a") == Accepted("a")
+    assert submit(sup, "b", run_after=time.time() + 60) == Accepted("b")
+    reply = submit(sup, "c", run_after=time.time() + 60)
+    assert isinstance(reply, Error) and reply.code == "queue_full"
+
+
+def test_cancel_frees_room_below_max_ready(make_supervisor):
+    sup = make_supervisor(max_ready=1)
+    assert submit(sup, "a") == Accepted("a")
+    assert submit(sup, "b").code == "queue_full"
+    sup.handle_request(None, Cancel("a"), NOW)
+    assert submit(sup, "b") == Accepted("b")
+
+
+@pytest.mark.parametrize(
+    ("task_id", "name", "options"),
+    [
+        ("t", "mod.task", {"priority": 101}),
+        ("t", "mod.task", {"priority": -101}),
+        ("t", "mod.task", {"priority": 10**6}),
+        ("t", "mod.task", {"max_attempts": 0}),
+        ("t", "mod.task", {"max_attempts": -3}),
+        ("t", "mod.task", {"timeout": 0}),
+        ("t", "mod.task", {"timeout": 0.0}),
+        ("t", "mod.task", {"timeout": -1.5}),
+        ("", "mod.task", {}),
+        ("t", "", {}),
+        ("x" * 201, "mod.task", {}),
+        ("t", "m" * 201, {}),
+    ],
+    ids=str,
+)
+def test_bad_submit_values_give_invalid_arguments(sup, task_id, name, options):
+    reply = sup.handle_request(None, Submit(task_id, name, [], {}, **options), NOW)
+    assert isinstance(reply, Error)
+    assert reply.code == "invalid_arguments"
+    assert reply.task_id == task_id
+    assert sup.ledger.get(task_id) is None
+    assert len(sup.ready) == 0 and len(sup.delayed) == 0
+    assert sup.ledger.counters["submitted"] == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"priority": 100}, {"priority": -100}, {"max_attempts": 1}, {"timeout": 0.001}, {"timeout": 5}],
+    ids=str,
+)
+def test_boundary_submit_values_are_accepted(sup, options):
+    assert submit(sup, "t", **options) == Accepted("t")
+    task = sup.ledger.get("t")
+    for key, value in options.items():
+        assert getattr(task, key) == value
+
+
+def test_submit_options_override_worker_defaults_and_none_takes_them(sup):
+    ready = Ready(4242, sup.workers.generation, {"mod.task": {"priority": 9, "queue": "q", "max_attempts": 7, "timeout": 3.0}})
+    worker = WorkerProc(wid=1, pid=4242, generation=sup.workers.generation, conn=None, started=NOW)
+    sup.handle_worker_message(worker, ready, NOW)  # a record only: not in the worker table
+    assert submit(sup, "defaults") == Accepted("defaults")
+    task = sup.ledger.get("defaults")
+    assert (task.priority, task.queue, task.max_attempts, task.timeout) == (9, "q", 7, 3.0)
+    assert submit(sup, "explicit", priority=-2, max_attempts=1, timeout=0.5, queue="other") == Accepted("explicit")
+    task = sup.ledger.get("explicit")
+    assert (task.priority, task.queue, task.max_attempts, task.timeout) == (-2, "other", 1, 0.5)
+    reply = submit(sup, "unknown", name="mod.other")
+    assert isinstance(reply, Error) and reply.code == "unknown_task"
+    assert sup.ledger.get("unknown") is None
+
+
+def test_submit_while_stopping_is_refused(sup):
+    sup.begin_stop(NOW, graceful=True)
+    reply = submit(sup, "late")
+    assert isinstance(reply, Error) and reply.code == "shutting_down"
+    sup.tick([], NOW)
+    assert sup.phase == "stopped"  # no workers to wait for
+
+
+# -- idempotent submit -------------------------------------------------------------
+
+
+def test_repeated_submit_with_the_same_id_is_accepted_once(sup):
+    assert submit(sup, "same") == Accepted("same")
+    again = sup.handle_request(None, Submit("same", "mod.task", ["other"], {}, priority=50), NOW)
+    assert again == Accepted("same")
+    assert sup.ledger.counters["submitted"] == 1
+    assert len(sup.ready) == 1
+    task = sup.ledger.get("same")
+    assert task.args == [1]
+    assert task.priority == 0
+    assert pop_all(sup) == ["same"]
+
+
+def test_repeated_delayed_submit_is_queued_once(sup):
+    run_after = time.time() + 5
+    assert submit(sup, "d", run_after=run_after) == Accepted("d")
+    assert submit(sup, "d", run_after=run_after) == Accepted("d")
+    assert len(sup.delayed) == 1
+    sup.tick([], NOW + 10)
+    assert pop_all(sup) == ["d"]
+
+
+def test_repeated_submit_of_a_cancelled_task_does_not_queue_it_again(sup):
+    submit(sup, "c")
+    sup.handle_request(None, Cancel("c"), NOW)
+    assert submit(sup, "c") == Accepted("c")
+    assert status(sup, "c") == CANCELLED
+    assert len(sup.ready) == 0
+    assert sup.ledger.counters["submitted"] == 1
+
+
+def test_repeated_submit_is_accepted_even_when_the_queue_is_full(make_supervisor):
+    # The client re-sends a Submit after a lost connection (client.py: "a re-sent
+    # Submit is recognised"). The task is already accepted; refusing the retry
+    # with queue_full tells the caller it failed while it will in fact run.
+    sup = make_supervisor(max_ready=1)
+    assert submit(sup, "only") == Accepted("only")
+    assert submit(sup, "only") == Accepted("only")
+    assert sup.ledger.counters["submitted"] == 1
+
+
+# -- cancel ----------------------------------------------------------------------------
+
+
+def test_cancel_of_a_ready_task_removes_it_and_sets_cancelled(sup):
+    for task_id in ("a", "b", "c"):
+        submit(sup, task_id)
+    reply = sup.handle_request(None, Cancel("b"), NOW)
+    assert isinstance(reply, TaskInfo)
+    assert reply.task_id == "b"
+    assert reply.status == CANCELLED
+    assert reply.attempts == 0
+    assert status(sup, "b") == CANCELLED
+    assert "b" not in sup.ready
+    assert len(sup.ready) == 2
+    assert sup.ledger.counters["cancelled"] == 1
+    assert "b" not in sup.ledger.active
+    sup.tick([], NOW + 1)
+    assert status(sup, "b") == CANCELLED
+    assert pop_all(sup) == ["a", "c"]
+
+
+def test_cancel_of_a_delayed_task_removes_it_from_the_delay_heap(sup):
+    submit(sup, "d", run_after=time.time() + 0.5)
+    assert sup.next_timeout(NOW) < 1.0
+    reply = sup.handle_request(None, Cancel("d"), NOW)
+    assert reply.status == CANCELLED
+    assert len(sup.delayed) == 0
+    assert sup.next_timeout(NOW) == 1.0
+    sup.tick([], NOW + 10)
+    assert "d" not in sup.ready
+    assert status(sup, "d") == CANCELLED
+
+
+def test_cancel_twice_keeps_cancelled(sup):
+    submit(sup, "a")
+    sup.handle_request(None, Cancel("a"), NOW)
+    reply = sup.handle_request(None, Cancel("a"), NOW)
+    assert isinstance(reply, TaskInfo) and reply.status == CANCELLED
+    assert sup.ledger.counters["cancelled"] == 1
+
+
+def test_cancel_of_an_unknown_task_is_not_found(sup):
+    reply = sup.handle_request(None, Cancel("nope"), NOW)
+    assert isinstance(reply, Error)
+    assert (reply.code, reply.task_id) == ("not_found", "nope")
+
+
+def test_query_without_wait_reports_the_state(sup):
+    submit(sup, "a")
+    reply = sup.handle_request(None, Query("a"), NOW)
+    assert isinstance(reply, TaskInfo) and (reply.task_id, reply.status) == ("a", READY)
+    missing = sup.handle_request(None, Query("missing"), NOW)
+    assert isinstance(missing, Error) and missing.code == "not_found"
+
+
+# -- next_timeout ----------------------------------------------------------------------
+
+
+def test_next_timeout_is_one_second_when_idle(sup):
+    assert sup.next_timeout(NOW) == 1.0
+
+
+def test_next_timeout_reflects_the_nearest_delay(sup):
+    wall = time.time()
+    submit(sup, "far", run_after=wall + 0.8)
+    far_due = sup.delayed.next_due()
+    assert sup.next_timeout(NOW) == pytest.approx(far_due - NOW)
+    assert 0.7 < sup.next_timeout(NOW) <= 0.8
+
+    submit(sup, "near", run_after=wall + 0.3)
+    near_due = sup.delayed.next_due()
+    assert near_due < far_due
+    assert sup.next_timeout(NOW) == pytest.approx(near_due - NOW)
+    assert 0.2 < sup.next_timeout(NOW) <= 0.3
+    assert sup.next_timeout(near_due - 0.1) == pytest.approx(0.1)
+
+
+def test_next_timeout_is_capped_at_one_second(sup):
+    submit(sup, "hour", run_after=time.time() + 3600)
+    assert sup.next_timeout(NOW) == 1.0
+
+
+def test_next_timeout_is_zero_once_a_delay_is_due(sup):
+    submit(sup, "soon", run_after=time.time() + 0.5)
+    due = sup.delayed.next_due()
+    assert sup.next_timeout(due) == 0.0
+    assert sup.next_timeout(due + 5) == 0.0
+
+
+def test_next_timeout_moves_on_after_the_nearest_delay_is_taken(sup):
+    wall = time.time()
+    submit(sup, "near", run_after=wall + 0.2)
+    submit(sup, "far", run_after=wall + 0.9)
+    near_due = sup.delayed.next_due()
+    sup.tick([], near_due)
+    assert "near" in sup.ready
+    far_due = sup.delayed.next_due()
+    assert far_due > near_due
+    assert sup.next_timeout(near_due) == pytest.approx(far_due - near_due)
+    sup.tick([], far_due)
+    assert sup.next_timeout(far_due) == 1.0
