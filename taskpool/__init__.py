@@ -18,6 +18,8 @@ from .errors import (  # noqa: E402
     ProtocolError,
     RemoteError,
     ResultTimeout,
+    Retry,
+    StoreError,
     SupervisorUnavailable,
     TaskFailed,
     TaskNotFound,
@@ -29,7 +31,7 @@ from .registry import Task, task  # noqa: E402
 from .worker import progress  # noqa: E402
 
 __all__ = [
-    "ConfigError", "InvalidArguments", "ProtocolError", "RemoteError", "ResultTimeout",
+    "ConfigError", "InvalidArguments", "ProtocolError", "RemoteError", "ResultTimeout", "Retry", "StoreError",
     "SupervisorUnavailable", "Task", "TaskFailed", "TaskHandle", "TaskNotFound", "TaskTimeout",
     "TaskpoolError", "UnknownTask", "__version__", "cancel", "configure", "get", "progress",
     "stats", "submit", "task",

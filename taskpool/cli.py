@@ -84,8 +84,8 @@ def run(argv: list[str]) -> int:
     setup_logging(config)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # --import finds modules next to the caller, as gunicorn does
-    supervisor = Supervisor(config, explicit)
     try:
+        supervisor = Supervisor(config, explicit)
         supervisor.open()
     except ConfigError as exc:
         print(f"taskpool-supervisor: error: {exc}", file=sys.stderr)

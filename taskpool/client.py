@@ -1,144 +1,84 @@
-"""The client: ``submit()``, ``TaskHandle``, ``stats()`` from any Python process.
+"""The client API: ``submit()``, ``TaskHandle``, ``get()``, ``cancel()``, ``stats()``.
 
-Each thread keeps its own connection to the supervisor (no lock held across a
-long ``result()`` wait), re-made after a fork (a child never reuses its parent's
-socket) and once after a broken connection; every request is idempotent (task
-ids are made here, so a re-sent Submit is recognised), which makes that retry
-safe. Arguments are checked here, so a bad value fails in the caller with a
-clear error and nothing is sent.
+With a durable store (sqlite, the default; django) ``submit()`` writes the READY
+row first - the task exists from then on - and only then tells the supervisor over
+the socket. If no supervisor answers, ``submit()`` still returns a handle and logs
+a warning: the row waits, and the next supervisor's sweep adopts it. Handles ask
+the supervisor first (it knows the freshest state and can notify a waiter the
+moment a task ends) and fall back to the store for tasks it does not hold, or
+when it is down. With the ``memory`` store the supervisor is the only truth.
+
+Arguments are checked here, so a bad value fails in the caller with a clear error
+and nothing is written or sent.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .config import resolve_socket
+from .connection import DEFAULT_TIMEOUT, Client, raise_error
 from .errors import (
-    RemoteError,
+    ConfigError,
     ResultTimeout,
     SupervisorUnavailable,
     TaskFailed,
     TaskNotFound,
-    UnknownTask,
 )
 from .protocol import (
-    DEFAULT_MAX_FRAME,
     FINAL_STATUSES,
-    MAGIC,
-    PROTOCOL_VERSION,
     SUCCESSFUL,
     Cancel,
     Error,
-    Hello,
-    Message,
-    Query,
     StatsRequest,
     Submit,
     TaskInfo,
-    Welcome,
     check_json_compatible,
 )
 from .registry import Task, default_registry
-from .transport import Channel, Closed, connect
+from .stores import Store, TaskRow, open_store
 
-DEFAULT_TIMEOUT = 10.0
+__all__ = ["Client", "TaskHandle", "cancel", "configure", "get", "stats", "submit", "submit_many"]
+
+log = logging.getLogger("taskpool.client")
+
 WAIT_CHUNK = 30.0  # a long result() wait is a series of waits this long
+POLL_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.5)  # polling the store while no supervisor holds the task
 
-_ERRORS = {"unknown_task": UnknownTask, "not_found": TaskNotFound}
-_settings: dict[str, Any] = {"spool": None, "socket": None, "timeout": DEFAULT_TIMEOUT}
+_settings: dict[str, Any] = {"spool": None, "socket": None, "timeout": DEFAULT_TIMEOUT, "store": None}
+_lock = threading.Lock()
+_default: Client | None = None
+_stores: dict[tuple[str, str], Store] = {}
 
 
-def configure(spool: str | None = None, socket: str | None = None, timeout: float | None = None) -> None:
-    """Say where the supervisor is (else $TASKPOOL_SOCKET, $TASKPOOL_SPOOL, ./spool)."""
+def configure(
+    spool: str | None = None, socket: str | None = None, timeout: float | None = None, store: str | None = None
+) -> None:
+    """Say where the supervisor and the store are (else $TASKPOOL_SPOOL, $TASKPOOL_SOCKET,
+    $TASKPOOL_STORE; defaults ./spool and sqlite). An empty string clears a setting."""
     global _default
-    if spool is not None:
-        _settings["spool"] = spool
-    if socket is not None:
-        _settings["socket"] = socket
-    if timeout is not None:
-        _settings["timeout"] = timeout
+    for name, value in (("spool", spool), ("socket", socket), ("timeout", timeout), ("store", store)):
+        if value is not None:
+            _settings[name] = value
     _default = None
 
 
+def spool_path() -> str:
+    return os.path.abspath(_settings["spool"] or os.environ.get("TASKPOOL_SPOOL") or "spool")
+
+
 def socket_path() -> str:
-    spool = _settings["spool"] or os.environ.get("TASKPOOL_SPOOL")
-    sock = _settings["socket"] or os.environ.get("TASKPOOL_SOCKET")
-    return resolve_socket(spool, sock)
+    return resolve_socket(spool_path(), _settings["socket"] or os.environ.get("TASKPOOL_SOCKET"))
 
 
-class Client:
-    """Thread-safe, fork-safe access to one supervisor socket."""
-
-    def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self.path = path
-        self.timeout = timeout
-        self.max_frame = max_frame
-        self._local = threading.local()
-
-    def _channel(self) -> Channel:
-        local = self._local
-        channel = getattr(local, "channel", None)
-        if channel is not None and local.pid == os.getpid():
-            return channel
-        if channel is not None:
-            channel.close()  # inherited across fork: this process's copy only
-        channel = Channel(connect(self.path, self.timeout), self.max_frame)
-        try:
-            channel.send(Hello(MAGIC, PROTOCOL_VERSION))
-            reply = channel.recv()
-        except (OSError, Closed) as exc:
-            channel.close()
-            raise SupervisorUnavailable(f"the supervisor at {self.path} did not answer the handshake: {exc}") from None
-        if isinstance(reply, Error):
-            channel.close()
-            raise RemoteError(reply.code, reply.message)
-        if not isinstance(reply, Welcome):
-            channel.close()
-            raise SupervisorUnavailable(f"unexpected handshake reply {type(reply).__name__} from {self.path}")
-        local.channel, local.pid = channel, os.getpid()
-        return channel
-
-    def _forget(self) -> None:
-        channel = getattr(self._local, "channel", None)
-        if channel is not None:
-            channel.close()
-        self._local.channel = None
-
-    def request(self, msg: Message, wait: float = 0.0) -> Message:
-        """Send one request and return its reply; raises RemoteError for an Error reply."""
-        for attempt in (1, 2):
-            channel = self._channel()
-            try:
-                channel.settimeout(self.timeout + wait)
-                channel.send(msg)
-                reply = channel.recv()
-                break
-            except TimeoutError:
-                self._forget()
-                waited = self.timeout + wait
-                raise SupervisorUnavailable(f"the supervisor at {self.path} did not reply within {waited:.1f}s") from None
-            except (Closed, OSError) as exc:
-                self._forget()
-                if attempt == 2:
-                    raise SupervisorUnavailable(f"lost the connection to the supervisor at {self.path}: {exc}") from None
-        if isinstance(reply, Error):
-            if reply.code in ("bad_frame", "bad_version", "forbidden"):
-                self._forget()  # the supervisor closes the connection after these
-            raise _ERRORS.get(reply.code, RemoteError)(reply.code, reply.message)
-        return reply
-
-    def query(self, task_id: str, wait: float = 0.0) -> TaskInfo:
-        reply = self.request(Query(task_id, float(wait)), wait=wait)
-        assert isinstance(reply, TaskInfo), reply
-        return reply
-
-
-_default: Client | None = None
-_default_lock = threading.Lock()
+def store_name() -> str:
+    return _settings["store"] or os.environ.get("TASKPOOL_STORE") or "sqlite"
 
 
 def default_client() -> Client:
@@ -146,30 +86,76 @@ def default_client() -> Client:
     path = socket_path()
     client = _default
     if client is None or client.path != path:
-        with _default_lock:
+        with _lock:
             if _default is None or _default.path != path:
                 _default = Client(path, _settings["timeout"])
             client = _default
     return client
 
 
-class TaskHandle:
-    """A submitted task. Attributes read the supervisor fresh on each access."""
+def default_store() -> Store:
+    """The store this process writes rows to (one per kind and spool, opened lazily)."""
+    key = (store_name(), spool_path())
+    store = _stores.get(key)
+    if store is None:
+        with _lock:
+            store = _stores.get(key) or open_store(*key)
+            _stores[key] = store
+    return store
 
-    def __init__(self, task_id: str, name: str | None = None, client: Client | None = None) -> None:
+
+def _check_agreement(client: Client, store: Store) -> None:
+    """Refuse to go on when the supervisor keeps its tasks somewhere else."""
+    welcome = client.welcome
+    if welcome is None:
+        return
+    if welcome.store != store.name or (store.name == "sqlite" and welcome.spool != store.spool):
+        raise ConfigError(
+            f"the supervisor at {client.path} keeps tasks in {welcome.store} (spool {welcome.spool}) but this "
+            f"process uses {store.name} (spool {store.spool or '-'}): set the same TASKPOOL_STORE and TASKPOOL_SPOOL"
+        )
+
+
+def _info_from_row(row: TaskRow) -> TaskInfo:
+    return TaskInfo(row.task_id, row.name, row.status, row.attempts, row.progress, row.progress_message,
+                    row.result, row.errors, row.worker_ids)
+
+
+class TaskHandle:
+    """A submitted task. Attributes read the task's state fresh on each access."""
+
+    def __init__(self, task_id: str, name: str | None = None, client: Client | None = None,
+                 store: Store | None = None) -> None:
         self.id = task_id
         self.name = name
         self._client = client
+        self._store = store
 
     def __repr__(self) -> str:
-        return f"<TaskHandle {self.id} {self.name or ''}>".replace(" >", ">")
+        return f"<TaskHandle {self.id}{' ' + self.name if self.name else ''}>"
 
     @property
     def client(self) -> Client:
         return self._client or default_client()
 
-    def refresh(self) -> TaskInfo:
-        info = self.client.query(self.id)
+    @property
+    def store(self) -> Store:
+        return self._store or default_store()
+
+    def _from_store(self) -> TaskInfo | None:
+        row = self.store.fetch(self.id)
+        return None if row is None else _info_from_row(row)
+
+    def refresh(self, wait: float = 0.0) -> TaskInfo:
+        """The task's state: from the supervisor when it holds the task, else the store.
+
+        With ``wait`` > 0 the supervisor answers when the task ends or the wait is over."""
+        try:
+            info = self.client.query(self.id, wait)
+        except (TaskNotFound, SupervisorUnavailable) as exc:
+            info = self._from_store() if self.store.durable else None
+            if info is None:
+                raise exc
         self.name = info.name
         return info
 
@@ -192,11 +178,17 @@ class TaskHandle:
     def wait(self, timeout: float | None = None) -> TaskInfo:
         """Block until the task is final (or ``timeout`` passes); return its state."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        polls = 0
         while True:
             remaining = WAIT_CHUNK if deadline is None else min(WAIT_CHUNK, deadline - time.monotonic())
-            info = self.client.query(self.id, wait=max(0.0, remaining))
+            started = time.monotonic()
+            info = self.refresh(wait=max(0.0, remaining))
             if info.status in FINAL_STATUSES or (deadline is not None and time.monotonic() >= deadline):
                 return info
+            if time.monotonic() - started < remaining / 2:  # answered by the store: poll it
+                delay = POLL_DELAYS[min(polls, len(POLL_DELAYS) - 1)]
+                polls += 1
+                time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
 
     def result(self, timeout: float | None = None) -> Any:
         """The return value; raises TaskFailed (FAILED/CANCELLED) or ResultTimeout."""
@@ -208,10 +200,21 @@ class TaskHandle:
         raise ResultTimeout(f"task {self.id} is still {info.status} after {timeout}s")
 
     def cancel(self) -> str:
-        """Cancel: a READY task never runs; a RUNNING one is stopped. Returns the status."""
-        reply = self.client.request(Cancel(self.id))
-        assert isinstance(reply, TaskInfo), reply
-        return reply.status
+        """Cancel: a READY task never runs; a RUNNING one is stopped. Returns the status.
+
+        With no supervisor up, a READY row is cancelled in the store directly."""
+        try:
+            reply = self.client.request(Cancel(self.id))
+            assert isinstance(reply, TaskInfo), reply
+            return reply.status
+        except (TaskNotFound, SupervisorUnavailable):
+            if not self.store.durable:
+                raise
+        self.store.cancel_ready(self.id, time.time())
+        info = self._from_store()
+        if info is None:
+            raise TaskNotFound("not_found", f"no task {self.id!r} in the supervisor or the store")
+        return info.status
 
 
 def _resolve(task: Task | str) -> tuple[str, Task | None]:
@@ -222,24 +225,59 @@ def _resolve(task: Task | str) -> tuple[str, Task | None]:
     raise TypeError(f"submit() needs a task or a task name, got {type(task).__name__}")
 
 
-def build_submit(task: Task | str, args: tuple, kwargs: dict) -> Submit:
+def build_submit(task: Task | str, args: Sequence, kwargs: dict, stored: bool = False) -> Submit:
     """The Submit frame for one call; raises InvalidArguments before anything is sent."""
     name, known = _resolve(task)
     check_json_compatible(list(args), "args")
     check_json_compatible(kwargs, "kwargs")
     task_id = uuid.uuid4().hex
     if known is None:  # by name, module not imported here: the workers' defaults apply
-        return Submit(task_id, name, list(args), kwargs, None, None, None, None, None)
-    opts = known.options
-    return Submit(task_id, name, list(args), kwargs, opts.priority, opts.run_after, opts.max_attempts, opts.timeout, opts.queue)
+        return Submit(task_id, name, list(args), kwargs, None, None, None, None, None, stored)
+    o = known.options
+    return Submit(task_id, name, list(args), kwargs, o.priority, o.run_after, o.max_attempts, o.timeout, o.queue, stored)
+
+
+def row_of(msg: Submit) -> TaskRow:
+    """The READY row a Submit stands for (unknown options take the built-in defaults)."""
+    return TaskRow(
+        msg.task_id, msg.name, msg.args, msg.kwargs, msg.queue or "default", msg.priority or 0, msg.run_after,
+        msg.timeout, msg.max_attempts or 3, enqueued_at=time.time(),
+    )
 
 
 def submit(task: Task | str, *args: Any, **kwargs: Any) -> TaskHandle:
-    """Send a task to the supervisor; returns its handle as soon as it is accepted."""
-    msg = build_submit(task, args, kwargs)
-    client = default_client()
-    client.request(msg)
-    return TaskHandle(msg.task_id, msg.name, client)
+    """Run a task in the pool; returns its handle at once (see the module docstring)."""
+    return submit_many([(task, args, kwargs)])[0]
+
+
+def submit_many(calls: Iterable[tuple], client: Client | None = None, store: Store | None = None) -> list[TaskHandle]:
+    """Submit many calls, each ``(task, args)`` or ``(task, args, kwargs)``: one store
+    transaction for all the rows and one write to the supervisor."""
+    store = store or default_store()
+    client = client or default_client()
+    msgs = [build_submit(c[0], c[1], c[2] if len(c) > 2 else {}, store.durable) for c in calls]
+    try:
+        client.connect()
+        _check_agreement(client, store)
+        up = True
+    except SupervisorUnavailable:
+        if not store.durable:
+            raise
+        up = False
+    if store.durable:
+        store.insert([row_of(m) for m in msgs])
+    replies = []
+    if up:
+        try:
+            replies = client.exchange(msgs)
+        except SupervisorUnavailable as exc:
+            log.warning("%s; %d task(s) stored, to run when a supervisor starts", exc, len(msgs))
+    else:
+        log.warning("no supervisor at %s; %d task(s) stored, to run when one starts", client.path, len(msgs))
+    for reply in replies:
+        if isinstance(reply, Error):
+            raise_error(reply)
+    return [TaskHandle(m.task_id, m.name, client, store) for m in msgs]
 
 
 def get(task_id: str) -> TaskHandle:

@@ -71,14 +71,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", int, os.cpu_count() or 2, "worker processes to fork", _positive, "TASKPOOL_WORKERS"),
     Setting("spool", str, "spool", "spool directory: holds the socket (and the store)", env="TASKPOOL_SPOOL"),
     Setting("socket", _optional(str), None, "socket path (default: SPOOL/taskpool.sock)", env="TASKPOOL_SOCKET"),
+    Setting("store", str, "sqlite", "where task rows live: sqlite (in the spool), memory (not durable) or django",
+            lambda v: None if v in ("sqlite", "memory", "django") else "must be sqlite, memory or django", "TASKPOOL_STORE"),
+    Setting("retention_days", float, 7.0, "days finished tasks are kept in the store", _not_negative),
     Setting("import_", str, (), "module that registers tasks, imported by each worker after fork", many=True),
     Setting("socket_mode", _octal, 0o600, "permission bits of the socket file, in octal", _mode),
     Setting("socket_group", _optional(str), None, "group that owns the socket (with --socket-mode 660)"),
     Setting("allow_uid", int, (), "another uid allowed to connect (own uid and root always are)", many=True),
     Setting("max_tasks_per_worker", int, 0, "retire a worker after this many tasks (0: never)", _not_negative),
     Setting("max_memory_per_worker", int, 0, "retire a worker whose RSS passes this many MB (0: never)", _not_negative),
-    Setting("graceful_timeout", float, 30.0, "seconds a stop or reload waits for running tasks", _not_negative),
-    Setting("max_ready", int, 100_000, "READY tasks held in memory before submit() is refused", _positive),
+    Setting("graceful_timeout", float, 30.0, "seconds a graceful stop waits for running tasks before killing them",
+            _not_negative),
+    Setting("max_ready", int, 10_000,
+            "READY tasks held in memory; beyond it a durable store keeps them on disk (memory store: refused)", _positive),
     Setting("result_cache", int, 10_000, "finished tasks kept in memory for status queries", _positive),
     Setting("max_frame", int, 4 * 1024 * 1024, "largest frame accepted, in bytes", _positive),
     Setting("client_buffer", int, 8 * 1024 * 1024, "unsent bytes a client may owe before it is dropped", _positive),
@@ -97,6 +102,8 @@ class Config:
     workers: int
     spool: str
     socket: str | None
+    store: str
+    retention_days: float
     import_: tuple[str, ...]
     socket_mode: int
     socket_group: str | None

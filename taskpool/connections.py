@@ -57,6 +57,8 @@ class ConnectionHub:
         allowed_uids: set[int],
         allowed_gid: int | None,
         handle_request: RequestHandler,
+        store: str,
+        spool: str,
     ) -> None:
         self.selector = selector
         self.max_frame = max_frame
@@ -64,6 +66,8 @@ class ConnectionHub:
         self.allowed_uids = allowed_uids
         self.allowed_gid = allowed_gid
         self.handle_request = handle_request
+        self.store = store
+        self.spool = spool
         self.clients: dict[int, Client] = {}
         self.dirty: set[FramedConnection] = set()
         self.waiters: dict[str, list[Waiter]] = {}
@@ -129,7 +133,7 @@ class ConnectionHub:
             self.refuse(client, Error("bad_version", text))
         else:
             client.greeted = True
-            self.reply(client, Welcome(PROTOCOL_VERSION, os.getpid()))
+            self.reply(client, Welcome(PROTOCOL_VERSION, os.getpid(), self.store, self.spool))
 
     # -- replies -------------------------------------------------------------
 
@@ -192,6 +196,10 @@ class ConnectionHub:
         return self.deadlines[0][0] if self.deadlines else None
 
     # -- output --------------------------------------------------------------
+
+    def mark_dirty(self, conn: FramedConnection) -> None:
+        """``conn`` has output to write at the end of this loop pass."""
+        self.dirty.add(conn)
 
     def flush_output(self) -> None:
         dirty, self.dirty = self.dirty, set()

@@ -76,3 +76,19 @@ class WorkerLost(TaskpoolError):
 
 class Cancelled(TaskpoolError):
     """Recorded (as ``taskpool.errors.Cancelled``) when a running task was cancelled."""
+
+
+class StoreError(TaskpoolError):
+    """The task store could not be read or written (locked, disk full, read-only...).
+
+    Raised by ``submit()`` before anything is half-written: the transaction is rolled back."""
+
+
+class Retry(Exception):  # noqa: N818 - the name users write: raise taskpool.Retry(delay=30)
+    """Raised inside a task to ask for another attempt, after ``delay`` seconds.
+
+    Counts toward ``max_attempts``; once they are spent the task is FAILED."""
+
+    def __init__(self, delay: float | None = None, message: str = "retry requested") -> None:
+        super().__init__(message)
+        self.delay = delay

@@ -77,4 +77,7 @@ def build_stats(sup: Any, version: str) -> dict:
         "queue": {"ready": len(sup.ready), "delayed": len(sup.delayed), "running": sup.workers.busy()},
         "counters": {**sup.ledger.counters, **sup.counters},
         "known_tasks": sorted(sup.task_defaults),
+        "supervisor_id": sup.supervisor_id,
+        "store": sup.config.store,
+        "recorder": sup.recorder.stats(time.monotonic()) if sup.recorder is not None else None,
     }

@@ -87,7 +87,7 @@ class Ledger:
         self.keep_finished = keep_finished
         self.active: dict[str, TaskState] = {}
         self.finished: OrderedDict[str, TaskState] = OrderedDict()
-        self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "retried": 0}
+        self.counters = {"submitted": 0, "adopted": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "retried": 0}
         self._listeners: list[Listener] = []
 
     def listen(self, listener: Listener) -> None:
@@ -118,6 +118,19 @@ class Ledger:
         self._tell(task, "accepted")
         return task
 
+    def adopt(self, row: Any) -> TaskState:
+        """A READY row the recorder claimed from the store (submitted while no
+        supervisor held it, or left by one that died)."""
+        task = TaskState(
+            row.task_id, row.name, row.args, row.kwargs, row.priority, row.run_after, row.max_attempts,
+            row.timeout, row.queue, attempts=row.attempts, errors=list(row.errors),
+            worker_pids=list(row.worker_ids), enqueued_at=row.enqueued_at,
+        )
+        self.active[task.task_id] = task
+        self.counters["adopted"] += 1
+        self._tell(task, "adopted")
+        return task
+
     def start(self, task: TaskState, worker_pid: int) -> None:
         task.status = RUNNING
         task.attempts += 1
@@ -130,9 +143,10 @@ class Ledger:
         task.progress_message = message
         self._tell(task, "progress")
 
-    def retry(self, task: TaskState, error: dict) -> None:
+    def retry(self, task: TaskState, error: dict, run_after: float | None = None) -> None:
         """Back to READY after a failed attempt (the caller queues it again)."""
         task.status = READY
+        task.run_after = run_after
         task.errors.append(error)
         self.counters["retried"] += 1
         self._tell(task, "retried")

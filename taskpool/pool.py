@@ -15,7 +15,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterator
 
-from .children import WorkerProc, WorkerState, kill, reap
+from .children import WorkerProc, WorkerState, kill
 from .transport import FramedConnection
 
 log = logging.getLogger("taskpool.supervisor")
@@ -100,15 +100,12 @@ class WorkerPool:
             self._release(worker.conn)
             worker.conn = None
 
-    def reap(self) -> list[tuple[WorkerProc, int]]:
-        """Exited workers (removed from the table) with their wait status."""
-        exited = []
-        for pid, status in reap():
-            worker = self.table.pop(pid, None)
-            if worker is not None:
-                self.disconnect(worker)
-                exited.append((worker, status))
-        return exited
+    def remove(self, pid: int) -> WorkerProc | None:
+        """Take an exited worker out of the table (None if ``pid`` is not a worker)."""
+        worker = self.table.pop(pid, None)
+        if worker is not None:
+            self.disconnect(worker)
+        return worker
 
     def note_crash(self, worker: WorkerProc, now: float) -> None:
         """Delay the next fork when workers keep dying young."""

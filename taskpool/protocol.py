@@ -34,7 +34,7 @@ MAGIC = "taskpool"
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 HEADER = struct.Struct(">I")
 
-#: Error codes that may cross the wire; anything else is mapped to "internal".
+#: Error codes that may cross the wire (docs/protocol.md says when each is sent).
 ERROR_CODES = frozenset(
     {
         "bad_frame",
@@ -46,7 +46,6 @@ ERROR_CODES = frozenset(
         "queue_full",
         "shutting_down",
         "boot_failed",
-        "internal",
     }
 )
 
@@ -106,7 +105,7 @@ class Hello(Message):
     version: int
 
 
-@message(2, (str,), (str,), (list,), (dict,), _OPT_INT, _OPT_NUMBER, _OPT_INT, _OPT_NUMBER, _OPT_STR)
+@message(2, (str,), (str,), (list,), (dict,), _OPT_INT, _OPT_NUMBER, _OPT_INT, _OPT_NUMBER, _OPT_STR, (bool,))
 class Submit(Message):
     """A new task. Options left None take the task's registered defaults."""
 
@@ -119,6 +118,7 @@ class Submit(Message):
     max_attempts: int | None = None
     timeout: float | None = None
     queue: str | None = None
+    stored: bool = False  # the client already wrote the READY row to the store
 
 
 @message(3, (str,), _NUMBER)
@@ -143,10 +143,12 @@ class StatsRequest(Message):
 # -- supervisor -> client ---------------------------------------------------
 
 
-@message(10, (int,), (int,))
+@message(10, (int,), (int,), (str,), (str,))
 class Welcome(Message):
     version: int
     pid: int
+    store: str  # the client must use the same store ("memory", "sqlite", "django")
+    spool: str  # absolute spool path (where the sqlite store lives)
 
 
 @message(11, (str,))
@@ -208,13 +210,48 @@ class Progress(Message):
     message: str | None = None
 
 
-@message(32, (str,), (bool,), _ANY, _OPT_DICT, (int,))
+@message(32, (str,), (bool,), _ANY, _OPT_DICT, (int,), _OPT_NUMBER)
 class Done(Message):
     task_id: str
     ok: bool
     result: Any
     error: dict | None  # {"type": "pkg.mod.Class", "message": str, "traceback": str}
     rss: int  # worker RSS in bytes after the task, 0 when not measured
+    retry_in: float | None = None  # the task asked for another attempt after this many seconds
+
+
+# -- supervisor <-> recorder ------------------------------------------------
+
+
+@message(40, (int,), (list,))
+class Record(Message):
+    """Task rows to write (every mutable column, latest state); one transaction."""
+
+    seq: int
+    rows: list
+
+
+@message(41, (int,))
+class Recorded(Message):
+    """Every Record up to ``seq`` is committed."""
+
+    seq: int
+
+
+@message(42, (int,), _NUMBER)
+class Pull(Message):
+    """Sweep the store and adopt up to ``limit`` unheld READY rows due before ``horizon``."""
+
+    limit: int
+    horizon: float
+
+
+@message(43, (list,), (dict,))
+class Adopt(Message):
+    """READY rows now held by this supervisor, and what the sweep found."""
+
+    rows: list
+    report: dict
 
 
 # -- encoding ---------------------------------------------------------------
@@ -303,6 +340,8 @@ def decode_payload(payload: bytes | memoryview) -> Message:
                 raise ProtocolError(str(exc)) from None
         elif not isinstance(value, accepted) or (type(value) is bool and bool not in accepted):
             raise ProtocolError(f"{cls.__name__}.{fields(cls)[index].name} has type {type(value).__name__}")
+        elif type(value) is float and not math.isfinite(value):
+            raise ProtocolError(f"{cls.__name__}.{fields(cls)[index].name} is {value}, not a finite number")
     return cls(*args)
 
 

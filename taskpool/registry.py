@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, TaskTimeout
 
 MIN_PRIORITY, MAX_PRIORITY = -100, 100  # Django's Tasks framework uses the same range
 
@@ -29,6 +30,9 @@ class TaskOptions:
     max_attempts: int = 3
     timeout: float | None = None
     run_after: float | None = None  # wall-clock epoch seconds
+    retry_for: tuple[type[BaseException], ...] = ()
+    retry_backoff: float = 1.0  # seconds before the first retry; doubles each attempt
+    retry_backoff_max: float = 600.0
 
     def __post_init__(self) -> None:
         if type(self.priority) is not int or not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
@@ -39,6 +43,19 @@ class TaskOptions:
             raise ConfigError(f"timeout must be a number of seconds greater than 0, got {self.timeout!r}")
         if not isinstance(self.queue, str) or not self.queue:
             raise ConfigError(f"queue must be a non-empty string, got {self.queue!r}")
+        if not all(isinstance(k, type) and issubclass(k, BaseException) for k in self.retry_for):
+            raise ConfigError(f"retry_for must be a tuple of exception classes, got {self.retry_for!r}")
+        for name in ("retry_backoff", "retry_backoff_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ConfigError(f"{name} must be a number of seconds, 0 or more, got {value!r}")
+
+
+def backoff_delay(attempt: int, base: float, ceiling: float) -> float:
+    """Exponential backoff with jitter: about base * 2**(attempt-1), capped at ceiling,
+    drawn from its upper half so retries of many tasks spread out but never bunch at 0."""
+    delay = min(ceiling, base * 2 ** max(0, attempt - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
 
 
 def _epoch(run_after: Any) -> float | None:
@@ -129,7 +146,9 @@ class Registry:
         """Each task's default options, as a worker reports them to the supervisor."""
         return {
             name: {"priority": t.options.priority, "queue": t.options.queue,
-                   "max_attempts": t.options.max_attempts, "timeout": t.options.timeout}
+                   "max_attempts": t.options.max_attempts, "timeout": t.options.timeout,
+                   "retry_on_timeout": any(issubclass(TaskTimeout, k) for k in t.options.retry_for),
+                   "retry_backoff": t.options.retry_backoff, "retry_backoff_max": t.options.retry_backoff_max}
             for name, t in sorted(self._tasks.items())
         }
 
@@ -145,14 +164,26 @@ def task(
     queue_name: str = "default",
     max_attempts: int = 3,
     timeout: float | None = None,
+    retry_for: tuple[type[BaseException], ...] | type[BaseException] = (),
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 600.0,
 ) -> Any:
-    """Register a function as a task: ``@task`` or ``@task(timeout=30, ...)``."""
+    """Register a function as a task: ``@task`` or ``@task(timeout=30, retry_for=(IOError,))``.
+
+    ``retry_for`` lists exceptions that earn another attempt (up to ``max_attempts``)
+    after an exponential backoff starting at ``retry_backoff`` seconds; name
+    ``taskpool.TaskTimeout`` to retry timeouts too. A worker's death is always retried."""
+    if isinstance(retry_for, type):
+        retry_for = (retry_for,)
 
     def register(fn: Callable[..., Any]) -> Task:
         if not callable(fn):
             raise ConfigError(f"@taskpool.task needs a function, got {fn!r}")
         task_name = name or f"{fn.__module__}.{fn.__qualname__}"
-        options = TaskOptions(priority=priority, queue=queue_name, max_attempts=max_attempts, timeout=timeout)
+        options = TaskOptions(
+            priority=priority, queue=queue_name, max_attempts=max_attempts, timeout=timeout,
+            retry_for=tuple(retry_for), retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max,
+        )
         return default_registry.register(Task(fn, task_name, options))
 
     return register(func) if func is not None else register

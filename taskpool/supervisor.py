@@ -24,12 +24,13 @@ import selectors
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from . import __version__, titles
-from .children import WorkerProc, WorkerState, describe_exit, kill, spawn
+from .children import WorkerProc, WorkerState, describe_exit, kill, reap, spawn
 from .config import Config, load_config
 from .connections import Client, ConnectionHub
 from .errors import ConfigError, ProtocolError
@@ -40,6 +41,7 @@ from .protocol import (
     READY,
     RUNNING,
     Accepted,
+    Adopt,
     Cancel,
     Done,
     Error,
@@ -53,7 +55,10 @@ from .protocol import (
     Submit,
 )
 from .queue import DelayHeap, ReadyQueue
-from .registry import MAX_PRIORITY, MIN_PRIORITY
+from .recorder import RecorderSettings, hold_lock
+from .recording import RecorderLink
+from .registry import MAX_PRIORITY, MIN_PRIORITY, backoff_delay
+from .stores.base import TaskRow
 from .transport import Closed, listen
 
 log = logging.getLogger("taskpool.supervisor")
@@ -61,6 +66,10 @@ log = logging.getLogger("taskpool.supervisor")
 BOOT_FAILURE_EXIT = 3
 MAX_WAIT = 3600.0
 MAX_ID_LENGTH = 200
+SWEEP_INTERVAL = 2.0  # seconds between store sweeps (adopt unheld READY rows, recover dead holders)
+SWEEP_HORIZON = 60.0  # adopt delayed rows due within this many seconds
+PULL_LIMIT = 500
+RECORDER_DRAIN = 10.0  # seconds a stop waits for the recorder after the workers are gone
 HANDLED_SIGNALS = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
 
 
@@ -90,11 +99,27 @@ class Supervisor:
         self.ledger.listen(self._on_task_event)
         self.hub = ConnectionHub(
             self.selector, config.max_frame, config.client_buffer,
-            {os.getuid(), 0, *config.allow_uid}, _group_id(config.socket_group), self.handle_request,
+            {os.getuid(), 0, *config.allow_uid}, _group_id(config.socket_group), self.handle_request, config.store,
+            os.path.abspath(config.spool),
         )
         self.ready = ReadyQueue()
         self.delayed = DelayHeap()
         self.workers = WorkerPool(config.workers, self._spawn, self.hub.unregister)
+        self.supervisor_id = uuid.uuid4().hex
+        self.recorder: RecorderLink | None = None
+        if config.store != "memory":
+            settings = RecorderSettings(
+                config.store, os.path.abspath(config.spool), self.supervisor_id,
+                config.retention_days * 86400, config.max_frame, time.time(),
+            )
+            self.recorder = RecorderLink(
+                settings, self._close_in_child, self._register_recorder, self.hub.unregister,
+                self.hub.mark_dirty, self._on_adopt,
+            )
+        self.lock_fd: int | None = None
+        self.next_sweep_at = 0.0
+        self.backlog_in_store = False
+        self.drain_deadline: float | None = None
         self.pending_signals: list[int] = []
         self.sampler = ProcessSampler()
         self.task_defaults: dict[str, dict] = {}  # from the current generation's Ready frames
@@ -114,6 +139,8 @@ class Supervisor:
 
     def open(self) -> None:
         """Bind the socket and register the fixed event sources."""
+        if self.recorder is not None:
+            self.lock_fd = hold_lock(os.path.abspath(self.config.spool), self.supervisor_id)
         self.listener = listen(self.socket_path, self.config.socket_mode, self.config.socket_group)
         self._listener_ino = os.stat(self.socket_path).st_ino
         self.selector.register(self.listener, selectors.EVENT_READ, self._on_accept)
@@ -125,6 +152,7 @@ class Supervisor:
         """Serve until stopped; returns the process exit code."""
         with self.installed_signals():
             try:
+                self.tick([], time.monotonic())  # fork the workers now, not after the first wait
                 while self.phase != "stopped":
                     events = self.selector.select(self.next_timeout(time.monotonic()))
                     self.tick(events, time.monotonic())
@@ -191,10 +219,11 @@ class Supervisor:
         self.reap_children(now)
         self.check_timers(now)
         self.manage_workers(now)
+        self.sync_store(now)
         self.dispatch(now)
         self.hub.flush_output()
         if self.phase == "stopping" and not self.workers:
-            self.phase = "stopped"
+            self._finish_stop(now)
 
     def next_timeout(self, now: float) -> float:
         candidates = [1.0]
@@ -286,12 +315,30 @@ class Supervisor:
         worker.task_id = None
         self.workers.kill(worker)
 
+    def _finish_stop(self, now: float) -> None:
+        """Workers are gone: let the recorder write what is pending, then stop."""
+        recorder = self.recorder
+        if recorder is None or recorder.pid is None:
+            self.phase = "stopped"
+            return
+        if self.drain_deadline is None:
+            self.drain_deadline = now + RECORDER_DRAIN
+            recorder.stop()
+        elif now >= self.drain_deadline:
+            log.error("the recorder did not finish writing in %.0fs; stopping it", RECORDER_DRAIN)
+            recorder.kill()
+
     def wait_for_children(self) -> None:
-        while self.workers:
-            pid, _status = os.waitpid(-1, 0)
-            worker = self.workers.table.pop(pid, None)
-            if worker is not None:
-                self.workers.disconnect(worker)
+        if self.recorder is not None:
+            self.recorder.kill()
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+            worker = self.workers.remove(pid)
+            if worker is None and self.recorder is not None and pid == self.recorder.pid:
+                self.recorder.exited(_status, time.monotonic())
 
     def reload(self, now: float) -> None:
         """New config, new generation; old workers retire as new ones become ready."""
@@ -375,10 +422,13 @@ class Supervisor:
         worker.tasks_done += 1
         worker.state = WorkerState.IDLE
         if task is not None:
+            error = msg.error or error_dict("builtins.Exception", "task failed")
             if msg.ok:
                 self.ledger.succeed(task, msg.result)
+            elif msg.retry_in is not None:
+                self._retry_or_fail(task, error, msg.retry_in, now)
             else:
-                self.ledger.fail(task, msg.error or error_dict("builtins.Exception", "task failed"))
+                self.ledger.fail(task, error)
         if self._should_retire(worker, msg.rss):
             self.workers.retire(worker, now, self.config.graceful_timeout)
 
@@ -395,8 +445,12 @@ class Supervisor:
         return False
 
     def reap_children(self, now: float) -> None:
-        for worker, status in self.workers.reap():
-            self._on_exit(worker, status, now)
+        for pid, status in reap():
+            worker = self.workers.remove(pid)
+            if worker is not None:
+                self._on_exit(worker, status, now)
+            elif self.recorder is not None and pid == self.recorder.pid:
+                self.recorder.exited(status, now)
 
     def _on_exit(self, worker: WorkerProc, status: int, now: float) -> None:
         how = describe_exit(status)
@@ -457,6 +511,13 @@ class Supervisor:
                 if worker.state == WorkerState.BUSY:
                     self._kill_interrupting(worker, "stopped at the graceful timeout")
 
+    def _retry_or_fail(self, task: TaskState, error: dict, delay: float, now: float) -> None:
+        if task.attempts < task.max_attempts and self.phase == "running":
+            self.ledger.retry(task, error, run_after=time.time() + delay if delay > 0 else None)
+            self._enqueue(task, now)
+        else:
+            self.ledger.fail(task, error)
+
     def _time_out(self, worker: WorkerProc) -> None:
         task = self.ledger.active.get(worker.task_id)
         self.counters["timeouts"] += 1
@@ -466,7 +527,13 @@ class Supervisor:
             log.warning("task %s (%s) passed its %ss timeout; killed worker %d",
                         task.task_id, task.name, task.timeout, worker.pid)
             message = f"task {task.name} ran longer than its timeout of {task.timeout}s; its worker was killed"
-            self.ledger.fail(task, error_dict("taskpool.errors.TaskTimeout", message))
+            error = error_dict("taskpool.errors.TaskTimeout", message)
+            opts = self.task_defaults.get(task.name, {})
+            if opts.get("retry_on_timeout"):
+                delay = backoff_delay(task.attempts, opts["retry_backoff"], opts["retry_backoff_max"])
+                self._retry_or_fail(task, error, delay, time.monotonic())
+            else:
+                self.ledger.fail(task, error)
 
     # -- dispatch --------------------------------------------------------------
 
@@ -492,7 +559,7 @@ class Supervisor:
         worker.task_id = task.task_id
         worker.deadline = now + task.timeout if task.timeout else None
         worker.conn.send(Run(task.task_id, task.name, task.args, task.kwargs, task.attempts))
-        self.hub.dirty.add(worker.conn)
+        self.hub.mark_dirty(worker.conn)
 
     # -- requests ----------------------------------------------------------------
 
@@ -523,18 +590,61 @@ class Supervisor:
         return task.info()
 
     def _on_task_event(self, task: TaskState, event: str) -> None:
+        if self.recorder is not None:
+            self.recorder.note(task)
         if event == "finished":
             self.hub.finished(task.task_id, task.info())
+
+    # -- the store ------------------------------------------------------------------
+
+    def _register_recorder(self, conn: Any, on_event: Callable) -> None:
+        self.selector.register(conn.sock, selectors.EVENT_READ, on_event)
+
+    def sync_store(self, now: float) -> None:
+        """Send status to the recorder; ask it to sweep every few seconds, or sooner
+        when the store holds a backlog and there is room for it in memory."""
+        recorder = self.recorder
+        if recorder is None:
+            return
+        recorder.tick(now)
+        if self.phase != "running":
+            return
+        room = self.config.max_ready - len(self.ready) - len(self.delayed)
+        wanted = now >= self.next_sweep_at or (self.backlog_in_store and room >= self.config.max_ready // 2)
+        if wanted and room > 0 and recorder.pull(min(room, PULL_LIMIT), time.time() + SWEEP_HORIZON, now):
+            self.next_sweep_at = now + SWEEP_INTERVAL
+            self.backlog_in_store = False
+
+    def _on_adopt(self, msg: Adopt, now: float) -> None:
+        report = msg.report
+        if report.get("gone"):
+            log.warning("supervisor(s) %s are gone: %d task(s) to run again, %d failed out of attempts",
+                        ", ".join(report["gone"]), report["requeued"], report["failed"])
+        for fields in msg.rows:
+            row = TaskRow(**fields)
+            if self.ledger.get(row.task_id) is None:
+                self._enqueue(self.ledger.adopt(row), now)
+        if len(msg.rows) >= PULL_LIMIT:
+            self.backlog_in_store = True
 
     def submit(self, msg: Submit, now: float) -> Message:
         if self.ledger.get(msg.task_id) is not None:
             return Accepted(msg.task_id)  # a re-sent Submit (the client retries once)
         problem = self._check_submit(msg)
-        if problem is not None:
+        if problem is None:
+            task = self.ledger.accept(msg, self.task_defaults.get(msg.name))
+            self._enqueue(task, now)
+            return Accepted(msg.task_id)
+        if not msg.stored or self.recorder is None:
             return problem
-        task = self.ledger.accept(msg, self.task_defaults.get(msg.name))
-        self._enqueue(task, now)
-        return Accepted(msg.task_id)
+        if problem.code in ("queue_full", "shutting_down"):
+            self.backlog_in_store = True  # the row waits in the store; a sweep adopts it later
+            return Accepted(msg.task_id)
+        if problem.code in ("unknown_task", "invalid_arguments") and len(msg.task_id) <= MAX_ID_LENGTH:
+            kind = "UnknownTask" if problem.code == "unknown_task" else "InvalidArguments"
+            task = self.ledger.accept(msg, None)  # the row exists: record why it will never run
+            self.ledger.fail(task, error_dict(f"taskpool.errors.{kind}", problem.message))
+        return problem
 
     def _check_submit(self, msg: Submit) -> Error | None:
         if self.phase != "running":

@@ -86,9 +86,13 @@ def listen(path: str, mode: int = 0o600, group: str | None = None, backlog: int 
         raise ConfigError(f"cannot bind {path}: {exc}") from None
     finally:
         os.umask(old_umask)
-    if gid != -1:
-        os.chown(path, -1, gid)
-    os.chmod(path, mode)
+    try:
+        if gid != -1:
+            os.chown(path, -1, gid)
+        os.chmod(path, mode)
+    except PermissionError as exc:
+        sock.close()
+        raise ConfigError(f"cannot give {path} group {group!r} and mode {mode:o}: {exc.strerror}") from None
     sock.listen(backlog)
     sock.setblocking(False)
     return sock

@@ -27,9 +27,9 @@ import traceback
 from typing import Any
 
 from . import titles
-from .errors import InvalidArguments, ProtocolError
+from .errors import InvalidArguments, ProtocolError, Retry
 from .protocol import Done, Progress, Ready, Run, check_json_compatible, encode
-from .registry import default_registry
+from .registry import backoff_delay, default_registry
 from .transport import Channel, Closed
 
 BOOT_ERROR_EXIT = 3
@@ -109,6 +109,19 @@ def error_of(exc: BaseException) -> dict:
     }
 
 
+def _retry_delay(msg: Run, exc: Exception) -> float | None:
+    """Seconds until the next attempt when the task asks for one (Retry or retry_for)."""
+    task = default_registry.get(msg.name)
+    if task is None:
+        return None
+    opts = task.options
+    if isinstance(exc, Retry):
+        return exc.delay if exc.delay is not None else backoff_delay(msg.attempt, opts.retry_backoff, opts.retry_backoff_max)
+    if opts.retry_for and isinstance(exc, opts.retry_for):
+        return backoff_delay(msg.attempt, opts.retry_backoff, opts.retry_backoff_max)
+    return None
+
+
 def _call(name: str, args: list, kwargs: dict) -> Any:
     task = default_registry.get(name)
     if task is None:
@@ -123,21 +136,21 @@ def run_one(channel: Channel, msg: Run, max_frame: int, measure_rss: bool) -> No
     """Run one task and send its Done frame. Task failures never escape."""
     global _current
     _current = _Context(channel, msg.task_id)
-    ok, result, error = True, None, None
+    ok, result, error, retry_in = True, None, None, None
     try:
         result = _call(msg.name, msg.args, msg.kwargs)
         check_json_compatible(result, "result")
     except InvalidArguments as exc:
         ok, error = False, error_of(InvalidArguments(f"task {msg.name} returned a value that cannot be stored: {exc}"))
     except Exception as exc:  # the task's own failure, reported, not raised
-        ok, error = False, error_of(exc)
+        ok, error, retry_in = False, error_of(exc), _retry_delay(msg, exc)
     except SystemExit as exc:
         ok, error = False, error_of(RuntimeError(f"task called sys.exit({exc.code})"))
     finally:
         _current.flush()
         _current = None
     rss = _rss() if measure_rss else 0
-    frame = encode(Done(msg.task_id, ok, result if ok else None, error, rss))
+    frame = encode(Done(msg.task_id, ok, result if ok else None, error, rss, retry_in))
     if len(frame) - 4 > max_frame:
         too_big = InvalidArguments(f"result of {msg.name} is {len(frame)} bytes encoded, over the {max_frame}-byte frame limit")
         frame = encode(Done(msg.task_id, False, None, error_of(too_big), rss))

@@ -14,9 +14,10 @@ from typing import Any
 import psutil
 
 import taskpool
-from taskpool.client import Client
+from taskpool.client import Client, submit_many
 from taskpool.errors import SupervisorUnavailable
 from taskpool.protocol import StatsRequest
+from taskpool.stores import open_store
 
 TESTS_DIR = Path(__file__).resolve().parent
 ROOT = TESTS_DIR.parent
@@ -58,6 +59,7 @@ class RunningSupervisor:
         )
         self.seen_pids.add(self.proc.pid)
         self.client = Client(self.socket, timeout=10.0)
+        self.store = open_store(args[args.index("--store") + 1] if "--store" in args else "sqlite", str(spool))
 
     @property
     def pid(self) -> int:
@@ -90,11 +92,11 @@ class RunningSupervisor:
         return [w["pid"] for w in self.stats()["workers"]]
 
     def submit(self, task: Any, *args: Any, **kwargs: Any) -> taskpool.TaskHandle:
-        from taskpool.client import build_submit
+        """As taskpool.submit(), against this supervisor and its store."""
+        return submit_many([(task, args, kwargs)], client=self.client, store=self.store)[0]
 
-        msg = build_submit(task, args, kwargs)
-        self.client.request(msg)
-        return taskpool.TaskHandle(msg.task_id, msg.name, self.client)
+    def handle(self, task_id: str) -> taskpool.TaskHandle:
+        return taskpool.TaskHandle(task_id, client=self.client, store=self.store)
 
     def signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)

@@ -17,7 +17,7 @@ def test_submit_by_name_task_and_method(supervisor):
 
 
 def test_module_level_api_uses_configured_socket(supervisor):
-    taskpool.configure(socket=supervisor.socket)
+    taskpool.configure(spool=str(supervisor.spool))
     try:
         handle = sample_tasks.add.submit(20, 22)
         assert isinstance(handle.id, str) and len(handle.id) == 32
@@ -26,7 +26,7 @@ def test_module_level_api_uses_configured_socket(supervisor):
         assert taskpool.get(handle.id).result(timeout=1) == 42
         assert taskpool.stats()["pid"] == supervisor.pid
     finally:
-        taskpool.configure(socket="")
+        taskpool.configure(spool="")
 
 
 def test_kwargs_and_json_values_round_trip(supervisor):

@@ -16,9 +16,9 @@ from taskpool.protocol import StatsRequest
 
 @pytest.fixture
 def configured(supervisor):
-    taskpool.configure(socket=supervisor.socket)
+    taskpool.configure(spool=str(supervisor.spool))
     yield supervisor
-    taskpool.configure(socket="")
+    taskpool.configure(spool="")
 
 
 def test_threads_share_the_client_safely(configured):
@@ -90,15 +90,15 @@ def test_reconnects_after_supervisor_restart(start_supervisor, tmp_path):
     assert client.request(StatsRequest()).data["pid"] == second.pid
 
 
-def test_unavailable_names_the_socket(tmp_path):
+def test_unavailable_names_the_socket_with_the_memory_store(tmp_path):
     path = str(tmp_path / "nobody-home.sock")
-    taskpool.configure(socket=path)
+    taskpool.configure(socket=path, store="memory")
     try:
         with pytest.raises(taskpool.SupervisorUnavailable) as caught:
             sample_tasks.add.submit(1, 2)
         assert path in str(caught.value)
     finally:
-        taskpool.configure(socket="")
+        taskpool.configure(socket="", store="")
 
 
 def test_env_var_names_the_spool(supervisor, monkeypatch):

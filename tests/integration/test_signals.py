@@ -84,27 +84,40 @@ def test_hup_with_broken_code_keeps_the_old_generation(start_supervisor, tmp_pat
     wait_until(lambda: "reload failed" in sup.log(), message="reload failure logged")
     assert "SyntaxError" in sup.log()
     assert sup.proc.poll() is None
-    stats = sup.stats()
-    assert stats["generation"] == 1
-    assert set(sup.worker_pids()) == old_pids
+    assert sup.stats()["generation"] == 1
+    wait_until(lambda: set(sup.worker_pids()) == old_pids, message="only the old generation left")
     assert sup.submit("reloadable.version").result(timeout=10) == "good"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_graceful_stop_waits_for_running_task(start_supervisor, tmp_path, signum):
-    sup = start_supervisor("--workers", "2")
+    sup = start_supervisor("--workers", "2", "--store", "memory")
     done = tmp_path / "done"
     handle = sup.submit(sample_tasks.sleep_then_touch, 1.0, str(done))
     wait_until(lambda: handle.status == "RUNNING")
     workers = sup.worker_pids()
     sup.signal(signum)
-    with pytest.raises(taskpool.RemoteError) as refused:
+    with pytest.raises(taskpool.RemoteError) as refused:  # the memory store cannot keep it for later
         wait_until(lambda: sup.submit(sample_tasks.add, 1, 1) and False, timeout=5)
     assert refused.value.code == "shutting_down"
     assert sup.wait_exit(15) == 0
     assert done.exists()
     assert all(pid_gone(p) for p in workers)
     assert not Path(sup.socket).exists()
+
+
+def test_submit_during_a_durable_stop_waits_for_the_next_supervisor(start_supervisor, tmp_path):
+    spool = tmp_path / "spool"
+    sup = start_supervisor("--workers", "1", spool=spool)
+    running = sup.submit(sample_tasks.sleep_then_touch, 1.0, str(tmp_path / "done"))
+    wait_until(lambda: running.status == "RUNNING")
+    sup.signal(signal.SIGTERM)
+    wait_until(lambda: sup.stats()["phase"] == "stopping")
+    late = sup.submit(sample_tasks.add, 20, 22)  # accepted: the row waits in the store
+    assert sup.wait_exit(15) == 0
+    assert running.status == "SUCCESSFUL" and late.status == "READY"
+    again = start_supervisor("--workers", "1", spool=spool)
+    assert again.handle(late.id).result(timeout=15) == 42
 
 
 def test_graceful_timeout_stops_a_task_that_runs_too_long(start_supervisor, tmp_path):

@@ -16,6 +16,7 @@ from taskpool.errors import InvalidArguments, ProtocolError
 from taskpool.protocol import (
     DEFAULT_MAX_FRAME,
     Accepted,
+    Adopt,
     Cancel,
     Decoder,
     Done,
@@ -23,8 +24,11 @@ from taskpool.protocol import (
     Hello,
     Message,
     Progress,
+    Pull,
     Query,
     Ready,
+    Record,
+    Recorded,
     Run,
     Stats,
     StatsRequest,
@@ -44,7 +48,7 @@ SAMPLES: list[Message] = [
     Query("t1", 2.5),
     Cancel("t1"),
     StatsRequest(),
-    Welcome(1, 4242),
+    Welcome(1, 4242, "sqlite", "/srv/app/spool"),
     Accepted("t1"),
     TaskInfo("t1", "mod.add", "SUCCESSFUL", 2, 100.0, "done", {"answer": [42]}, [{"type": "E", "message": "m"}], [11, 12]),
     TaskInfo("t1", "mod.add", "READY", 0, None, None, None, [], []),
@@ -57,6 +61,12 @@ SAMPLES: list[Message] = [
     Progress("t1", 10),
     Done("t1", True, [1, "two"], None, 123456),
     Done("t1", False, None, {"type": "builtins.ValueError", "message": "bad", "traceback": "tb"}, 0),
+    Done("t1", False, None, {"type": "builtins.OSError", "message": "again", "traceback": ""}, 0, 1.5),
+    Submit("t3", "mod.add", [], {}, stored=True),
+    Record(7, [{"task_id": "t1", "status": "RUNNING", "errors": []}]),
+    Recorded(7),
+    Pull(100, 1700000060.0),
+    Adopt([{"task_id": "t1", "args": [1]}], {"requeued": 1, "failed": 0, "gone": ["abc"]}),
 ]
 
 
@@ -180,7 +190,7 @@ BAD_PAYLOADS = {
     "Hello with three fields": msgpack.packb([*HELLO, 0]),
     "StatsRequest with a field": msgpack.packb([5, None]),
     "Submit without its optional fields": msgpack.packb([2, "t", "n", [], {}]),
-    "Error without task_id": msgpack.packb([14, "internal", "boom"]),
+    "Error without task_id": msgpack.packb([14, "bad_frame", "boom"]),
     # wrong field types
     "Hello.version bool": msgpack.packb([1, "taskpool", True]),
     "Hello.version float": msgpack.packb([1, "taskpool", 1.0]),
@@ -207,7 +217,7 @@ BAD_PAYLOADS = {
     "Done.rss float": msgpack.packb([32, "t", True, None, None, 0.0]),
     "Done.error array": msgpack.packb([32, "t", False, None, [], 0]),
     "TaskInfo.attempts bool": msgpack.packb([12, "t", "n", "READY", False, None, None, None, [], []]),
-    "Error.task_id int": msgpack.packb([14, "internal", "boom", 3]),
+    "Error.task_id int": msgpack.packb([14, "bad_frame", "boom", 3]),
     # msgpack extension types (ext_hook)
     "ext type 5 in Stats.data": msgpack.packb([13, {"x": msgpack.ExtType(5, b"abc")}]),
     "ext type 127 in Submit.args": msgpack.packb([2, "t", "n", [msgpack.ExtType(127, b"")], {}, None, None, None, None, None]),

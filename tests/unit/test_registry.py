@@ -67,8 +67,13 @@ def test_registry_reports_defaults_by_name():
     registry.register(custom_options)
     registry.register(module_level_add)
     assert registry.names() == sorted([custom_options.name, module_level_add.name])
-    assert registry.defaults()[custom_options.name] == {"priority": 7, "queue": "slow", "max_attempts": 5, "timeout": 12.5}
-    assert registry.defaults()[module_level_add.name] == {"priority": 0, "queue": "default", "max_attempts": 3, "timeout": None}
+    retry = {"retry_on_timeout": False, "retry_backoff": 1.0, "retry_backoff_max": 600.0}
+    assert registry.defaults()[custom_options.name] == {
+        "priority": 7, "queue": "slow", "max_attempts": 5, "timeout": 12.5, **retry,
+    }
+    assert registry.defaults()[module_level_add.name] == {
+        "priority": 0, "queue": "default", "max_attempts": 3, "timeout": None, **retry,
+    }
 
 
 @pytest.mark.parametrize(

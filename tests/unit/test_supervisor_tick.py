@@ -42,7 +42,7 @@ def make_supervisor(tmp_path, monkeypatch):
     title = getproctitle() if getproctitle else None
 
     def make(**settings) -> Supervisor:
-        explicit = {"spool": str(tmp_path / f"s{len(made)}"), "workers": 1, **settings}
+        explicit = {"spool": str(tmp_path / f"s{len(made)}"), "workers": 1, "store": "memory", **settings}
         sup = Supervisor(load_config(explicit, environ={}))
         made.append(sup)
         sup.open()

@@ -1,0 +1,122 @@
+"""One client's connection to the supervisor: thread-safe, fork-safe, idempotent retries.
+
+Each thread keeps its own connection (no lock held across a long ``result()``
+wait), made again after a fork (a child never reuses its parent's socket) and
+once after a broken connection. Every request is idempotent (task ids are made
+by the client, so a re-sent Submit is recognised), which makes that retry safe.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+from .errors import InvalidArguments, RemoteError, SupervisorUnavailable, TaskNotFound, UnknownTask
+from .protocol import (
+    DEFAULT_MAX_FRAME,
+    MAGIC,
+    PROTOCOL_VERSION,
+    Error,
+    Hello,
+    Message,
+    Query,
+    TaskInfo,
+    Welcome,
+    encode,
+)
+from .transport import Channel, Closed, connect
+
+DEFAULT_TIMEOUT = 10.0
+_ERRORS = {"unknown_task": UnknownTask, "not_found": TaskNotFound}
+
+
+def raise_error(reply: Error) -> None:
+    raise _ERRORS.get(reply.code, RemoteError)(reply.code, reply.message)
+
+
+class Client:
+    """Thread-safe, fork-safe access to one supervisor socket."""
+
+    def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self.welcome: Welcome | None = None  # the last handshake's answer (store, spool)
+        self._local = threading.local()
+
+    def _channel(self) -> Channel:
+        local = self._local
+        channel = getattr(local, "channel", None)
+        if channel is not None and local.pid == os.getpid():
+            return channel
+        if channel is not None:
+            channel.close()  # inherited across fork: this process's copy only
+        channel = Channel(connect(self.path, self.timeout), self.max_frame)
+        try:
+            channel.send(Hello(MAGIC, PROTOCOL_VERSION))
+            reply = channel.recv()
+        except (OSError, Closed) as exc:
+            channel.close()
+            raise SupervisorUnavailable(f"the supervisor at {self.path} did not answer the handshake: {exc}") from None
+        if isinstance(reply, Error):
+            channel.close()
+            raise_error(reply)
+        if not isinstance(reply, Welcome):
+            channel.close()
+            raise SupervisorUnavailable(f"unexpected handshake reply {type(reply).__name__} from {self.path}")
+        self.welcome = reply
+        local.channel, local.pid = channel, os.getpid()
+        return channel
+
+    def connect(self) -> Welcome:
+        """Make sure this thread is connected; returns the supervisor's handshake."""
+        self._channel()
+        assert self.welcome is not None
+        return self.welcome
+
+    def _forget(self) -> None:
+        channel = getattr(self._local, "channel", None)
+        if channel is not None:
+            channel.close()
+        self._local.channel = None
+
+    def exchange(self, msgs: Sequence[Message], wait: float = 0.0) -> list[Message]:
+        """Send requests in one write and read one reply each (Error replies included)."""
+        frames = [encode(m) for m in msgs]
+        for msg, frame in zip(msgs, frames, strict=True):
+            if len(frame) - 4 > self.max_frame:
+                raise InvalidArguments(
+                    f"{type(msg).__name__} is {len(frame) - 4} bytes encoded, over the {self.max_frame}-byte frame limit"
+                )
+        data = b"".join(frames)
+        for attempt in (1, 2):
+            channel = self._channel()
+            try:
+                channel.settimeout(self.timeout + wait)
+                channel.send_bytes(data)
+                replies = [channel.recv() for _ in msgs]
+                break
+            except TimeoutError:
+                self._forget()
+                waited = self.timeout + wait
+                raise SupervisorUnavailable(f"the supervisor at {self.path} did not reply within {waited:.1f}s") from None
+            except (Closed, OSError) as exc:
+                self._forget()
+                if attempt == 2:
+                    raise SupervisorUnavailable(f"lost the connection to the supervisor at {self.path}: {exc}") from None
+        if any(isinstance(r, Error) and r.code in ("bad_frame", "bad_version", "forbidden") for r in replies):
+            self._forget()  # the supervisor closes the connection after these
+        return replies
+
+    def request(self, msg: Message, wait: float = 0.0) -> Message:
+        """Send one request and return its reply; raises RemoteError for an Error reply."""
+        reply = self.exchange([msg], wait)[0]
+        if isinstance(reply, Error):
+            raise_error(reply)
+        return reply
+
+    def query(self, task_id: str, wait: float = 0.0) -> TaskInfo:
+        reply = self.request(Query(task_id, float(wait)), wait=wait)
+        assert isinstance(reply, TaskInfo), reply
+        return reply

@@ -1,0 +1,187 @@
+"""The recorder: the one process that writes task status to the store.
+
+Forked and supervised by the supervisor (which never touches the database), it
+reads frames from its socketpair::
+
+    Record(seq, rows) -> store.record(rows) in one transaction -> Recorded(seq)
+    Pull(limit, horizon) -> heartbeat, recover what dead supervisors held,
+                            claim unheld READY rows -> Adopt(rows, report)
+
+A batch is acknowledged only once committed; if the recorder dies first, the
+supervisor sends it again to the next recorder (writes are idempotent upserts,
+and a final status is never overwritten). A store error (locked, disk full) is
+retried with backoff, never dropped. Between frames it beats the heartbeat and
+deletes finished rows past their retention, a small batch at a time.
+
+Which supervisors are gone: each supervisor holds an exclusive flock on
+``SPOOL/locks/<id>.lock`` for its whole life, inherited by its workers and its
+recorder, so the lock is free exactly when that supervisor and all its children
+are dead - known at once on restart, no lease to wait out. Holders with no lock
+file (another host sharing a database) are judged by their heartbeat.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+
+from . import titles
+from .errors import StoreError
+from .protocol import Adopt, Pull, Record, Recorded
+from .stores import Store, SupervisorRecord, TaskRow, open_store
+from .transport import Channel, Closed
+
+log = logging.getLogger("taskpool.recorder")
+
+HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_TIMEOUT = 30.0  # a holder without a lock file is gone after this long silent
+PURGE_BATCH = 500
+RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+def lock_path(spool: str, supervisor_id: str) -> str:
+    return os.path.join(spool, "locks", f"{supervisor_id}.lock")
+
+
+def hold_lock(spool: str, supervisor_id: str) -> int:
+    """Create and flock this supervisor's lock file; the fd stays open for life."""
+    from .transport import ensure_private_dir
+
+    ensure_private_dir(os.path.join(spool, "locks"))
+    fd = os.open(lock_path(spool, supervisor_id), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.set_inheritable(fd, False)  # not across exec; forked children keep it, which is the point
+    return fd
+
+
+def lock_is_free(spool: str, supervisor_id: str) -> bool | None:
+    """True when nobody holds that supervisor's lock; None when there is no lock file."""
+    path = lock_path(spool, supervisor_id)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+@dataclass
+class RecorderSettings:
+    store: str
+    spool: str
+    supervisor_id: str
+    retention: float  # seconds finished rows are kept
+    max_frame: int
+    started_at: float
+
+
+class Recorder:
+    def __init__(self, channel: Channel, store: Store, settings: RecorderSettings) -> None:
+        self.channel = channel
+        self.store = store
+        self.settings = settings
+        self.next_heartbeat = 0.0
+
+    def serve(self) -> None:
+        while True:
+            self.channel.settimeout(max(0.05, self.next_heartbeat - time.monotonic()))
+            try:
+                msg = self.channel.recv()
+            except TimeoutError:
+                self.housekeeping()
+                continue
+            if isinstance(msg, Record):
+                rows = [TaskRow(**row) for row in msg.rows]
+                self._persist(lambda rows=rows: self.store.record(rows))
+                self.channel.send(Recorded(msg.seq))
+            elif isinstance(msg, Pull):
+                self.channel.send(self.sweep(msg.limit, msg.horizon))
+            if time.monotonic() >= self.next_heartbeat:
+                self.housekeeping()
+
+    def _persist(self, write) -> object:
+        """Run a store write until it succeeds; a recorder never drops what it was told."""
+        for attempt in range(10**9):
+            try:
+                return write()
+            except StoreError as exc:
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                if attempt in (0, 10) or attempt % 100 == 0:
+                    log.error("store write failed (will retry every %.2fs): %s", delay, exc)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def housekeeping(self) -> None:
+        now = time.time()
+        self.next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
+        s = self.settings
+        try:
+            self.store.heartbeat(SupervisorRecord(s.supervisor_id, socket.gethostname(), os.getppid(), s.started_at, now))
+            self.store.purge(now - s.retention, PURGE_BATCH)
+        except StoreError as exc:
+            log.error("housekeeping failed: %s", exc)
+
+    def gone_holders(self, now: float) -> list[str]:
+        """Supervisors holding rows that are certainly gone (lock free) or silent too long."""
+        me = self.settings.supervisor_id
+        beats = {r.supervisor_id: r.heartbeat_at for r in self.store.supervisors()}
+        gone = []
+        for holder in self.store.holders() - {me}:
+            free = lock_is_free(self.settings.spool, holder)
+            if free or (free is None and now - beats.get(holder, 0.0) > HEARTBEAT_TIMEOUT):
+                gone.append(holder)
+        return gone
+
+    def sweep(self, limit: int, horizon: float) -> Adopt:
+        now = time.time()
+        report: dict = {"requeued": 0, "failed": 0, "gone": []}
+
+        def work() -> list[TaskRow]:
+            gone = self.gone_holders(now)
+            if gone:
+                recovery = self.store.recover(self.settings.supervisor_id, gone, now)
+                report.update(requeued=len(recovery.requeued), failed=len(recovery.failed), gone=gone)
+                self._forget_locks(gone)
+            return self.store.claim(self.settings.supervisor_id, limit, horizon) if limit > 0 else []
+
+        rows = self._persist(work)
+        return Adopt([r.as_dict() for r in rows], report)
+
+    def _forget_locks(self, gone: list[str]) -> None:
+        self.store.forget_supervisors(gone)
+        for holder in gone:
+            try:
+                os.unlink(lock_path(self.settings.spool, holder))
+            except FileNotFoundError:
+                pass
+
+
+def recorder_main(sock: socket.socket, settings: RecorderSettings) -> int:
+    """Entry point in the forked child; returns the exit code."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, frame: None)  # the supervisor decides when we stop
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    titles.set_title(f"recorder {settings.store} {settings.spool}")
+    sock.setblocking(True)
+    channel = Channel(sock, max(64 * 1024 * 1024, settings.max_frame * 16))
+    try:
+        store = open_store(settings.store, settings.spool)
+        Recorder(channel, store, settings).serve()
+    except (Closed, BrokenPipeError, ConnectionError):
+        return 0
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0

@@ -1,0 +1,193 @@
+"""The supervisor's link to its recorder: what to write, what is written, what to adopt.
+
+Every ledger event puts the task's latest state in ``pending`` (one entry per task,
+so a task that starts and finishes between two batches is written once). A
+``Record`` batch leaves when fewer than ``MAX_IN_FLIGHT`` are unacknowledged; a
+batch stays in ``in_flight`` until the recorder says ``Recorded``. If the recorder
+dies, its unacknowledged batches go back to ``pending`` (newer states win) and a
+new recorder is forked, so nothing the supervisor reported is lost. ``Pull`` asks
+the recorder to sweep; it always travels after the pending batches, so a sweep
+never sees a row in an older state than the supervisor has already reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from .children import describe_exit, kill
+from .ledger import TaskState
+from .protocol import Adopt, Message, Pull, Record, Recorded
+from .recorder import RecorderSettings, recorder_main
+from .stores.base import TaskRow
+from .transport import Closed, FramedConnection
+
+log = logging.getLogger("taskpool.supervisor")
+
+MAX_IN_FLIGHT = 2
+MAX_BATCH = 500
+INTERNAL_FRAME = 64 * 1024 * 1024  # frames between supervisor and recorder (a trusted channel)
+RESPAWN_DELAYS = (0.0, 0.2, 1.0, 2.0, 5.0)
+
+
+def snapshot(task: TaskState, holder: str) -> dict:
+    """The task as a store row (every column; the store updates only the mutable ones)."""
+    return TaskRow(
+        task.task_id, task.name, task.args, task.kwargs, task.queue, task.priority, task.run_after,
+        task.timeout, task.max_attempts, task.status, task.attempts, task.enqueued_at, task.started_at,
+        task.finished_at, task.started_at, list(task.worker_pids), task.progress, task.progress_message,
+        task.result, list(task.errors), holder,
+    ).as_dict()
+
+
+class RecorderLink:
+    def __init__(
+        self,
+        settings: RecorderSettings,
+        close_in_child: Callable[[], None],
+        register: Callable[[FramedConnection, Callable], None],
+        release: Callable[[FramedConnection], None],
+        mark_dirty: Callable[[FramedConnection], None],
+        on_adopt: Callable[[Adopt, float], None],
+    ) -> None:
+        self.settings = settings
+        self._close_in_child = close_in_child
+        self._register = register
+        self._release = release
+        self._mark_dirty = mark_dirty
+        self._on_adopt = on_adopt
+        self.pid: int | None = None
+        self.conn: FramedConnection | None = None
+        self.pending: dict[str, dict] = {}
+        self.in_flight: dict[int, tuple[float, list[dict]]] = {}
+        self.seq = 0
+        self.pull_sent_at: float | None = None
+        self.restarts = 0
+        self.next_spawn_at = 0.0
+        self.closing = False
+
+    # -- process -------------------------------------------------------------
+
+    def spawn(self, now: float) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                parent_end.close()
+                self._close_in_child()
+                code = recorder_main(child_end, self.settings)
+            finally:
+                os._exit(code)
+        child_end.close()
+        self.pid = pid
+        limit = max(INTERNAL_FRAME, self.settings.max_frame * 16)
+        self.conn = FramedConnection(parent_end, limit, 1 << 31)
+        self._register(self.conn, self._on_readable)
+        self.pull_sent_at = None
+
+    def exited(self, status: int, now: float) -> None:
+        """The recorder died: its unacknowledged batches go back to pending."""
+        if not self.closing:
+            log.warning("recorder (pid %s) %s; forking a new one", self.pid, describe_exit(status))
+            self.restarts += 1
+            delay = RESPAWN_DELAYS[min(self.restarts - 1, len(RESPAWN_DELAYS) - 1)]
+            self.next_spawn_at = now + delay
+        if self.conn is not None:
+            self._release(self.conn)
+            self.conn = None
+        self.pid = None
+        for _, (_, rows) in sorted(self.in_flight.items()):
+            for row in rows:
+                self.pending.setdefault(row["task_id"], row)
+        self.in_flight.clear()
+        self.pull_sent_at = None
+
+    def stop(self) -> None:
+        """Close the channel once everything is written; the recorder exits on EOF."""
+        self.closing = True
+        if self.conn is not None and not self.pending and not self.in_flight:
+            self._release(self.conn)
+            self.conn = None
+
+    def kill(self) -> None:
+        self.closing = True
+        if self.pid is not None:
+            kill(self.pid)
+
+    # -- data ----------------------------------------------------------------
+
+    def note(self, task: TaskState) -> None:
+        self.pending[task.task_id] = snapshot(task, self.settings.supervisor_id)
+
+    def tick(self, now: float) -> None:
+        if self.pid is None and not self.closing and now >= self.next_spawn_at:
+            self.spawn(now)
+        self.flush(now)
+        if self.closing:
+            self.stop()
+
+    def flush(self, now: float) -> None:
+        while self.conn is not None and self.pending and len(self.in_flight) < MAX_IN_FLIGHT:
+            batch = []
+            for task_id in list(self.pending)[:MAX_BATCH]:
+                batch.append(self.pending.pop(task_id))
+            self.seq += 1
+            self.in_flight[self.seq] = (now, batch)
+            self.conn.send(Record(self.seq, batch))
+            self._flush_conn()
+
+    def pull(self, limit: int, horizon: float, now: float) -> bool:
+        """Ask for a sweep unless one is under way; False when it could not be sent."""
+        if self.conn is None or self.pull_sent_at is not None:
+            return False
+        self.flush(now)
+        self.pull_sent_at = now
+        self.conn.send(Pull(limit, horizon))
+        self._flush_conn()
+        return True
+
+    def _flush_conn(self) -> None:
+        self._mark_dirty(self.conn)  # written at the end of the loop pass, with the rest
+
+    def _on_readable(self, key: object, mask: int, now: float) -> None:
+        if self.conn is None:
+            return
+        if mask & 2:  # selectors.EVENT_WRITE
+            self._mark_dirty(self.conn)
+        try:
+            for msg in self.conn.read():
+                self._handle(msg, now)
+        except Closed:
+            self._release(self.conn)
+            self.conn = None
+
+    def _handle(self, msg: Message, now: float) -> None:
+        if isinstance(msg, Recorded):
+            for seq in [s for s in self.in_flight if s <= msg.seq]:
+                del self.in_flight[seq]
+        elif isinstance(msg, Adopt):
+            self.pull_sent_at = None
+            self._on_adopt(msg, now)
+
+    # -- health --------------------------------------------------------------
+
+    def lag(self, now: float) -> float:
+        """Seconds the oldest unacknowledged batch has waited (0 when all is written)."""
+        if not self.in_flight:
+            return 0.0
+        return round(now - min(sent for sent, _ in self.in_flight.values()), 3)
+
+    def stats(self, now: float) -> dict:
+        return {
+            "pid": self.pid, "store": self.settings.store, "pending": len(self.pending),
+            "in_flight": sum(len(rows) for _, rows in self.in_flight.values()),
+            "lag": self.lag(now), "restarts": self.restarts,
+            "last_pull_age": None if self.pull_sent_at is None else round(time.monotonic() - self.pull_sent_at, 3),
+        }

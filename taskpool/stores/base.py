@@ -1,0 +1,136 @@
+"""The store interface: what the client, the recorder and the sweeps ask of a store.
+
+Writers, by design: the client inserts READY rows (``insert``); the recorder is
+the only process that changes a row's status afterwards (``record``, ``recover``,
+``claim``, ``purge``). ``record`` never overwrites a final status, which is how
+"exactly one final status per task" holds even when an event is delivered twice.
+All values are JSON-compatible; no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..protocol import CANCELLED, READY
+
+#: Columns that change after insert; an update carries all of them (latest wins).
+MUTABLE = (
+    "status", "attempts", "run_after", "started_at", "finished_at", "last_attempted_at",
+    "worker_ids", "progress", "progress_message", "result", "errors", "held_by",
+)
+
+
+@dataclass(slots=True)
+class TaskRow:
+    task_id: str
+    name: str
+    args: list
+    kwargs: dict
+    queue: str = "default"
+    priority: int = 0
+    run_after: float | None = None
+    timeout: float | None = None
+    max_attempts: int = 3
+    status: str = READY
+    attempts: int = 0
+    enqueued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    last_attempted_at: float | None = None
+    worker_ids: list = field(default_factory=list)
+    progress: float | None = None
+    progress_message: str | None = None
+    result: Any = None
+    errors: list = field(default_factory=list)
+    held_by: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class SupervisorRecord:
+    supervisor_id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+
+
+@dataclass(slots=True)
+class Recovery:
+    """What a recovery sweep did: rows put back to READY, and rows failed for good."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+class Store(ABC):
+    """One implementation per backend; see stores/sqlite.py for the reference one."""
+
+    durable = True
+    name = "abstract"
+    spool = ""  # the spool directory a file-based store lives in ("" for others)
+
+    @classmethod
+    @abstractmethod
+    def open(cls, spool: str) -> Store: ...
+
+    # -- client side ---------------------------------------------------------
+
+    @abstractmethod
+    def insert(self, rows: Sequence[TaskRow]) -> None:
+        """Write new READY rows in one transaction (all or none)."""
+
+    @abstractmethod
+    def fetch(self, task_id: str) -> TaskRow | None: ...
+
+    @abstractmethod
+    def cancel_ready(self, task_id: str, now: float) -> bool:
+        """CANCELLED if still READY and held by no live supervisor; True when it was."""
+
+    # -- recorder side -------------------------------------------------------
+
+    @abstractmethod
+    def record(self, rows: Sequence[TaskRow]) -> None:
+        """Upsert the mutable columns of each row, one transaction; final stays final."""
+
+    @abstractmethod
+    def claim(self, supervisor_id: str, limit: int, horizon: float) -> list[TaskRow]:
+        """READY rows held by nobody (run_after before ``horizon``), highest priority
+        first then oldest; marks them held by ``supervisor_id``."""
+
+    @abstractmethod
+    def recover(self, supervisor_id: str, gone: Sequence[str], now: float) -> Recovery:
+        """Release rows held by supervisors that are gone: READY rows become unheld;
+        RUNNING rows are re-run (an attempt spent) or FAILED when out of attempts."""
+
+    @abstractmethod
+    def holders(self) -> set[str]:
+        """Supervisor ids that hold READY or RUNNING rows."""
+
+    @abstractmethod
+    def heartbeat(self, record: SupervisorRecord) -> None: ...
+
+    @abstractmethod
+    def supervisors(self) -> list[SupervisorRecord]: ...
+
+    @abstractmethod
+    def forget_supervisors(self, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def purge(self, finished_before: float, limit: int) -> int:
+        """Delete up to ``limit`` final rows finished before the given time."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Rows per status (for stats and tests)."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
+FINAL = ("SUCCESSFUL", "FAILED", CANCELLED)

@@ -1,0 +1,257 @@
+"""The default store: one SQLite database in the spool directory (stdlib sqlite3, WAL).
+
+WAL lets the web processes insert while the recorder writes and the handles read.
+``synchronous=NORMAL``: a committed row survives the death of any process (the
+supervisor, a worker, the web server); after a power loss the last transactions
+before it may be missing but the database is never corrupt. Each process and
+thread gets its own connection (made again after a fork). Transactions are
+explicit (``BEGIN IMMEDIATE``) so a batch is all or nothing, and every sqlite3
+error comes out as a StoreError that names the database file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from ..errors import StoreError
+from ..protocol import FAILED, READY, RUNNING
+from .base import MUTABLE, Recovery, Store, SupervisorRecord, TaskRow
+
+FILENAME = "taskpool.sqlite3"
+BUSY_TIMEOUT_MS = 5000
+COLUMNS = tuple(TaskRow.__dataclass_fields__)
+JSON_COLUMNS = frozenset({"args", "kwargs", "worker_ids", "result", "errors"})
+FINAL_SQL = "('SUCCESSFUL', 'FAILED', 'CANCELLED')"
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS taskpool_task (
+    task_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    args TEXT NOT NULL,
+    kwargs TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    run_after REAL,
+    timeout REAL,
+    max_attempts INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    enqueued_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    last_attempted_at REAL,
+    worker_ids TEXT NOT NULL,
+    progress REAL,
+    progress_message TEXT,
+    result TEXT,
+    errors TEXT NOT NULL,
+    held_by TEXT
+);
+CREATE INDEX IF NOT EXISTS taskpool_task_ready
+    ON taskpool_task (held_by, priority DESC, enqueued_at) WHERE status = '{READY}';
+CREATE INDEX IF NOT EXISTS taskpool_task_running ON taskpool_task (held_by) WHERE status = '{RUNNING}';
+CREATE INDEX IF NOT EXISTS taskpool_task_finished
+    ON taskpool_task (finished_at) WHERE status IN {FINAL_SQL};
+CREATE TABLE IF NOT EXISTS taskpool_supervisor (
+    supervisor_id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+"""
+
+_INSERT = f"INSERT INTO taskpool_task ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_UPSERT = (
+    _INSERT
+    + " ON CONFLICT(task_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in MUTABLE)
+    + f" WHERE taskpool_task.status NOT IN {FINAL_SQL}"
+)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _to_params(row: TaskRow) -> tuple:
+    return tuple(_dumps(getattr(row, c)) if c in JSON_COLUMNS else getattr(row, c) for c in COLUMNS)
+
+
+def _from_record(record: sqlite3.Row) -> TaskRow:
+    values = {c: (json.loads(record[c]) if c in JSON_COLUMNS and record[c] is not None else record[c]) for c in COLUMNS}
+    return TaskRow(**values)
+
+
+class SqliteStore(Store):
+    name = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.spool = os.path.dirname(os.path.abspath(path))
+        self._local = threading.local()
+        try:
+            self._connection().executescript(SCHEMA)  # idempotent; executescript commits itself
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot create the task database {self.path}: {exc}") from None
+
+    @classmethod
+    def open(cls, spool: str) -> SqliteStore:
+        from ..transport import ensure_private_dir
+
+        ensure_private_dir(spool)
+        return cls(os.path.join(spool, FILENAME))
+
+    # -- connections -----------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        db = getattr(local, "db", None)
+        if db is not None and local.pid == os.getpid():
+            return db
+        old_umask = os.umask(0o077)  # the database and its WAL files are private
+        try:
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the task database {self.path}: {exc}") from None
+        finally:
+            os.umask(old_umask)
+        local.db, local.pid = db, os.getpid()
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(f"task database {self.path}: {exc}") from None
+
+    def _read(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"task database {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None and self._local.pid == os.getpid():
+            db.close()
+        self._local.db = None
+
+    # -- client side -------------------------------------------------------------
+
+    def insert(self, rows: Sequence[TaskRow]) -> None:
+        with self._transaction() as db:
+            db.executemany(_INSERT, [_to_params(r) for r in rows])
+
+    def fetch(self, task_id: str) -> TaskRow | None:
+        found = self._read("SELECT * FROM taskpool_task WHERE task_id = ?", (task_id,))
+        return _from_record(found[0]) if found else None
+
+    def cancel_ready(self, task_id: str, now: float) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE taskpool_task SET status = 'CANCELLED', finished_at = ? WHERE task_id = ? AND status = ?",
+                (now, task_id, READY),
+            )
+            return cursor.rowcount == 1
+
+    # -- recorder side -------------------------------------------------------------
+
+    def record(self, rows: Sequence[TaskRow]) -> None:
+        with self._transaction() as db:
+            db.executemany(_UPSERT, [_to_params(r) for r in rows])
+
+    def claim(self, supervisor_id: str, limit: int, horizon: float) -> list[TaskRow]:
+        with self._transaction() as db:
+            found = db.execute(
+                f"UPDATE taskpool_task SET held_by = ? WHERE task_id IN ("
+                f" SELECT task_id FROM taskpool_task WHERE status = '{READY}' AND held_by IS NULL"
+                f" AND (run_after IS NULL OR run_after <= ?) ORDER BY priority DESC, enqueued_at LIMIT ?)"
+                f" RETURNING *",
+                (supervisor_id, horizon, limit),
+            ).fetchall()
+        rows = [_from_record(r) for r in found]
+        rows.sort(key=lambda r: (-r.priority, r.enqueued_at))
+        return rows
+
+    def recover(self, supervisor_id: str, gone: Sequence[str], now: float) -> Recovery:
+        report = Recovery()
+        if not gone:
+            return report
+        marks = ", ".join("?" * len(gone))
+        with self._transaction() as db:
+            db.execute(f"UPDATE taskpool_task SET held_by = NULL WHERE status = '{READY}' AND held_by IN ({marks})", gone)
+            running = db.execute(f"SELECT * FROM taskpool_task WHERE status = '{RUNNING}' AND held_by IN ({marks})", gone)
+            updates = []
+            for row in map(_from_record, running.fetchall()):
+                row.errors.append({
+                    "type": "taskpool.errors.WorkerLost",
+                    "message": f"supervisor {row.held_by} stopped while the task was running",
+                    "traceback": "",
+                })
+                row.held_by = None
+                if row.attempts < row.max_attempts:
+                    row.status = READY
+                    report.requeued.append(row.task_id)
+                else:
+                    row.status, row.finished_at = FAILED, now
+                    report.failed.append(row.task_id)
+                updates.append((row.status, row.finished_at, _dumps(row.errors), row.task_id))
+            db.executemany(
+                "UPDATE taskpool_task SET status = ?, finished_at = ?, errors = ?, held_by = NULL WHERE task_id = ?",
+                updates,
+            )
+        return report
+
+    def holders(self) -> set[str]:
+        found = self._read(
+            f"SELECT DISTINCT held_by FROM taskpool_task WHERE status IN ('{READY}', '{RUNNING}') AND held_by IS NOT NULL"
+        )
+        return {r[0] for r in found}
+
+    def heartbeat(self, record: SupervisorRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO taskpool_supervisor VALUES (?, ?, ?, ?, ?) ON CONFLICT(supervisor_id)"
+                " DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (record.supervisor_id, record.host, record.pid, record.started_at, record.heartbeat_at),
+            )
+
+    def supervisors(self) -> list[SupervisorRecord]:
+        return [SupervisorRecord(*r) for r in self._read("SELECT * FROM taskpool_supervisor")]
+
+    def forget_supervisors(self, ids: Sequence[str]) -> None:
+        if ids:
+            with self._transaction() as db:
+                db.execute(f"DELETE FROM taskpool_supervisor WHERE supervisor_id IN ({', '.join('?' * len(ids))})", ids)
+
+    def purge(self, finished_before: float, limit: int) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"DELETE FROM taskpool_task WHERE task_id IN (SELECT task_id FROM taskpool_task"
+                f" WHERE status IN {FINAL_SQL} AND finished_at < ? LIMIT ?)",
+                (finished_before, limit),
+            )
+            return cursor.rowcount
+
+    def counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self._read("SELECT status, COUNT(*) FROM taskpool_task GROUP BY status")}
