@@ -91,7 +91,12 @@ def run(argv: list[str]) -> int:
         print(f"taskpool-supervisor: error: {exc}", file=sys.stderr)
         return 2
     if config.pidfile:
-        write_pidfile(config.pidfile)
+        try:
+            write_pidfile(config.pidfile)
+        except OSError as exc:
+            supervisor.close()
+            print(f"taskpool-supervisor: error: cannot write the pidfile {config.pidfile}: {exc.strerror}", file=sys.stderr)
+            return 2
     log = logging.getLogger("taskpool.supervisor")
     log.info("taskpool %s listening on %s with %d workers", __version__, config.socket_path, config.workers)
     try:

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Sequence
 
-from .errors import InvalidArguments, RemoteError, SupervisorUnavailable, TaskNotFound, UnknownTask
+from .errors import InvalidArguments, ProtocolError, RemoteError, SupervisorUnavailable, TaskNotFound, UnknownTask
 from .protocol import (
     DEFAULT_MAX_FRAME,
     MAGIC,
@@ -53,12 +53,17 @@ class Client:
         if channel is not None:
             channel.close()  # inherited across fork: this process's copy only
         channel = Channel(connect(self.path, self.timeout), self.max_frame)
+        send_error: OSError | None = None
         try:
             channel.send(Hello(MAGIC, PROTOCOL_VERSION))
+        except OSError as exc:  # a refusal may already be waiting to be read
+            send_error = exc
+        try:
             reply = channel.recv()
-        except (OSError, Closed) as exc:
+        except (OSError, Closed, ProtocolError) as exc:
             channel.close()
-            raise SupervisorUnavailable(f"the supervisor at {self.path} did not answer the handshake: {exc}") from None
+            why = send_error or exc
+            raise SupervisorUnavailable(f"the supervisor at {self.path} did not answer the handshake: {why}") from None
         if isinstance(reply, Error):
             channel.close()
             raise_error(reply)
@@ -101,6 +106,9 @@ class Client:
                 self._forget()
                 waited = self.timeout + wait
                 raise SupervisorUnavailable(f"the supervisor at {self.path} did not reply within {waited:.1f}s") from None
+            except ProtocolError:
+                self._forget()  # the stream is out of step; a new connection starts clean
+                raise
             except (Closed, OSError) as exc:
                 self._forget()
                 if attempt == 2:

@@ -146,13 +146,18 @@ class ConnectionHub:
             log.warning("dropping client pid %s: %s", client.conn.peer[0], exc)
             self.drop(client)
             return
+        except Closed:
+            self.drop(client)
+            return
         self.dirty.add(client.conn)
 
     def refuse(self, client: Client, error: Error) -> None:
         """Send a last error, then close once it is written."""
         client.closing = True
-        client.conn.outbox.clear()
-        client.conn.outbox += encode(error)
+        if len(client.conn.outbox) > self.max_outbox:
+            self.drop(client)  # it is not reading: no point waiting to tell it
+            return
+        client.conn.outbox += encode(error)  # after what is queued: a half-sent frame stays whole
         self.dirty.add(client.conn)
 
     def drop(self, client: Client) -> None:

@@ -64,12 +64,13 @@ class TaskState:
             self.progress,
             self.progress_message,
             self.result,
-            self.errors,
+            self.errors[-INFO_ERRORS:],
             self.worker_pids,
         )
 
 
 DEFAULT_MAX_ATTEMPTS = 3
+INFO_ERRORS = 10  # a TaskInfo reply carries the last errors; the store keeps every one
 
 
 def _pick(given: Any, defaults: dict, key: str, fallback: Any) -> Any:

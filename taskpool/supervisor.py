@@ -59,7 +59,7 @@ from .recorder import RecorderSettings, hold_lock
 from .recording import RecorderLink
 from .registry import MAX_PRIORITY, MIN_PRIORITY, backoff_delay
 from .stores.base import TaskRow
-from .transport import Closed, listen
+from .transport import Closed, ensure_private_dir, listen
 
 log = logging.getLogger("taskpool.supervisor")
 
@@ -139,6 +139,7 @@ class Supervisor:
 
     def open(self) -> None:
         """Bind the socket and register the fixed event sources."""
+        ensure_private_dir(os.path.abspath(self.config.spool))  # refuses a symlinked spool first
         if self.recorder is not None:
             self.lock_fd = hold_lock(os.path.abspath(self.config.spool), self.supervisor_id)
         self.listener = listen(self.socket_path, self.config.socket_mode, self.config.socket_group)
@@ -558,7 +559,11 @@ class Supervisor:
         worker.state = WorkerState.BUSY
         worker.task_id = task.task_id
         worker.deadline = now + task.timeout if task.timeout else None
-        worker.conn.send(Run(task.task_id, task.name, task.args, task.kwargs, task.attempts))
+        try:
+            worker.conn.send(Run(task.task_id, task.name, task.args, task.kwargs, task.attempts))
+        except (Closed, ProtocolError):
+            self.workers.kill(worker)  # it is gone or stuck; the task is re-run when it is reaped
+            return
         self.hub.mark_dirty(worker.conn)
 
     # -- requests ----------------------------------------------------------------

@@ -152,7 +152,9 @@ class FramedConnection:
 
     def send_bytes(self, frame: bytes) -> None:
         if len(self.outbox) + len(frame) > self.max_outbox:
-            raise ProtocolError(f"peer is not reading its replies ({len(self.outbox)} bytes unsent)")
+            self.flush()  # a burst of replies: write what the peer will take before judging it
+            if len(self.outbox) + len(frame) > self.max_outbox:
+                raise ProtocolError(f"peer is not reading its replies ({len(self.outbox)} bytes unsent)")
         self.outbox += frame
 
     def flush(self) -> bool:

@@ -33,6 +33,8 @@ from .registry import backoff_delay, default_registry
 from .transport import Channel, Closed
 
 BOOT_ERROR_EXIT = 3
+REPLY_MARGIN = 64 * 1024  # a result leaves this much of a frame (or a quarter) for the reply carrying it
+TRACEBACK_LIMIT = 8 * 1024  # longer tracebacks keep their head and tail
 PROGRESS_INTERVAL = 0.05  # seconds between progress frames; the last value is always sent
 
 log = logging.getLogger("taskpool.worker")
@@ -101,12 +103,20 @@ def _reopen_log_files() -> None:
 
 
 def error_of(exc: BaseException) -> dict:
+    """The error dict recorded for an exception; never raises, even for odd exceptions."""
     kind = type(exc)
-    return {
-        "type": f"{kind.__module__}.{kind.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not take the worker down
+        message = f"<{kind.__qualname__} whose str() failed>"
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:
+        text = ""
+    if len(text) > TRACEBACK_LIMIT:
+        cut = len(text) - TRACEBACK_LIMIT
+        text = text[: TRACEBACK_LIMIT // 4] + f"\n... {cut} characters left out ...\n" + text[-3 * TRACEBACK_LIMIT // 4 :]
+    return {"type": f"{kind.__module__}.{kind.__qualname__}", "message": message, "traceback": text}
 
 
 def _retry_delay(msg: Run, exc: Exception) -> float | None:
@@ -151,8 +161,9 @@ def run_one(channel: Channel, msg: Run, max_frame: int, measure_rss: bool) -> No
         _current = None
     rss = _rss() if measure_rss else 0
     frame = encode(Done(msg.task_id, ok, result if ok else None, error, rss, retry_in))
-    if len(frame) - 4 > max_frame:
-        too_big = InvalidArguments(f"result of {msg.name} is {len(frame)} bytes encoded, over the {max_frame}-byte frame limit")
+    limit = max_frame - min(REPLY_MARGIN, max_frame // 4)
+    if len(frame) - 4 > limit:
+        too_big = InvalidArguments(f"result of {msg.name} is {len(frame)} bytes encoded, over the {limit}-byte result limit")
         frame = encode(Done(msg.task_id, False, None, error_of(too_big), rss))
     channel.send_bytes(frame)
 

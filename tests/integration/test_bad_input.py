@@ -18,26 +18,22 @@ import sample_tasks
 from helpers import wait_until
 
 import taskpool
+from taskpool import protocol
 from taskpool.client import Client, build_submit
 from taskpool.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER,
     MAGIC,
     PROTOCOL_VERSION,
-    Accepted,
+    Cancel,
     Decoder,
-    Done,
     Error,
     Hello,
     Message,
-    Progress,
     Query,
-    Ready,
-    Run,
     Stats,
     StatsRequest,
     Submit,
-    TaskInfo,
     Welcome,
     encode,
 )
@@ -112,6 +108,12 @@ def raw():
         conn.close()
 
 
+def example(cls: type[Message]) -> Message:
+    """An instance of ``cls`` with a plausible value of the accepted type in every field."""
+    samples = {str: "a" * 32, int: 1, float: 1.0, bool: True, list: [], dict: {}, type(None): None, object: None}
+    return cls(*(samples[accepted[0]] for accepted in cls._types))
+
+
 def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
@@ -137,14 +139,14 @@ def assert_refused(conn: RawConnection, code: str) -> Error:
 
 
 @pytest.fixture
-def use_socket():
-    """Point the module-level API (taskpool.submit, ...) at a socket for one test."""
+def use_supervisor():
+    """Point the module-level API (taskpool.submit, taskpool.get, ...) at a supervisor for one test."""
 
-    def configure(path: str) -> None:
-        taskpool.configure(socket=path)
+    def configure(sup) -> None:
+        taskpool.configure(spool=str(sup.spool), socket=sup.socket)
 
     yield configure
-    taskpool.configure(socket="")
+    taskpool.configure(spool="", socket="")
 
 
 # -- malformed frames ------------------------------------------------------------------
@@ -195,7 +197,7 @@ def test_oversized_length_header_is_refused_from_the_header_alone(supervisor, ra
 def test_truncated_frame_then_close(supervisor, raw):
     conn = raw(supervisor.socket)
     conn.hello()
-    whole = encode(Submit("c" * 32, "sample_tasks.add", [1, 2], {}, None, None, None, None, None))
+    whole = encode(build_submit("sample_tasks.add", (1, 2), {}))
     conn.send_bytes(whole[: len(whole) // 2])
     conn.close()
     assert_still_serving(supervisor)
@@ -220,7 +222,7 @@ def test_truncated_frames_that_stall_do_not_block_other_clients(supervisor, raw)
 
 @pytest.mark.parametrize(
     "first",
-    [StatsRequest(), Query("0" * 32, 0.0), Submit("1" * 32, "sample_tasks.add", [1, 2], {}), Welcome(1, 1)],
+    [StatsRequest(), Query("0" * 32, 0.0), build_submit("sample_tasks.add", (1, 2), {}), example(Welcome)],
     ids=["stats", "query", "submit", "welcome"],
 )
 def test_no_hello_first_is_bad_version(supervisor, raw, first):
@@ -242,17 +244,12 @@ def test_bad_hello_is_bad_version(supervisor, raw, hello):
     assert_still_serving(supervisor)
 
 
+CLIENT_REQUESTS = (Submit, Query, Cancel, StatsRequest)
+#: One of every other message type (supervisor replies, worker and internal frames), plus a second Hello.
 NOT_CLIENT_REQUESTS = [
-    Welcome(1, 1),
-    Accepted("a" * 32),
-    TaskInfo("a" * 32, "sample_tasks.add", "SUCCESSFUL", 1, None, None, 3, [], []),
-    Stats({}),
-    Error("internal", "from a client"),
-    Done("a" * 32, True, 3, None, 0),
-    Run("a" * 32, "sample_tasks.add", [1, 2], {}, 1),
-    Ready(1, 1, {}),
-    Progress("a" * 32, 50.0, None),
-    Hello(MAGIC, PROTOCOL_VERSION),
+    Hello(MAGIC, PROTOCOL_VERSION) if cls is Hello else example(cls)
+    for cls in protocol._BY_CODE.values()
+    if cls not in CLIENT_REQUESTS
 ]
 
 
@@ -269,20 +266,22 @@ def test_non_client_message_after_hello_is_bad_frame(supervisor, raw, msg):
 # -- bad requests through the client ---------------------------------------------------
 
 
-def test_unknown_task_name_raises_unknown_task(supervisor, raw, use_socket):
-    use_socket(supervisor.socket)
+def test_unknown_task_name_raises_unknown_task(supervisor, raw, use_supervisor):
+    use_supervisor(supervisor)
     with pytest.raises(taskpool.UnknownTask) as caught:
         taskpool.submit("no_such_module.no_such_task", 1)
     assert caught.value.code == "unknown_task"
     assert "no_such_module.no_such_task" in caught.value.message
     conn = raw(supervisor.socket)
     conn.hello()
-    conn.send(Submit("b" * 32, "sample_tasks.nope", [], {}, None, None, None, None, None))
+    submit = build_submit("sample_tasks.nope", (), {})
+    conn.send(submit)
     reply = conn.recv()
-    assert isinstance(reply, Error) and reply.code == "unknown_task" and reply.task_id == "b" * 32
+    assert isinstance(reply, Error) and reply.code == "unknown_task" and reply.task_id == submit.task_id
     conn.send(StatsRequest())  # the connection stays usable after a refused Submit
     assert isinstance(conn.recv(), Stats)
-    assert supervisor.stats()["counters"]["submitted"] == 0
+    data = supervisor.stats()
+    assert data["counters"]["succeeded"] == 0 and data["queue"] == {"ready": 0, "delayed": 0, "running": 0}
     assert_still_serving(supervisor)
 
 
@@ -300,8 +299,8 @@ BAD_ARGUMENTS = {
 
 
 @pytest.mark.parametrize("args, kwargs", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
-def test_unserializable_arguments_fail_in_the_caller(supervisor, use_socket, args, kwargs):
-    use_socket(supervisor.socket)
+def test_unserializable_arguments_fail_in_the_caller(supervisor, use_supervisor, args, kwargs):
+    use_supervisor(supervisor)
     before = supervisor.stats()["counters"]["submitted"]
     with pytest.raises(taskpool.InvalidArguments):
         taskpool.submit(sample_tasks.add, *args, **kwargs)
@@ -364,7 +363,7 @@ def test_result_over_the_frame_limit_fails_and_the_worker_survives(start_supervi
     assert err.status == "FAILED"
     assert err.exception_type == "taskpool.errors.InvalidArguments"
     assert "sample_tasks.huge_result" in err.remote_message
-    assert "100000-byte frame limit" in err.remote_message
+    assert "-byte result limit" in err.remote_message
     info = handle.refresh()
     assert info.worker_pids == [worker_pid]
     assert sup.worker_pids() == [worker_pid] and psutil.pid_exists(worker_pid)
@@ -384,20 +383,21 @@ def test_result_just_under_the_frame_limit_reaches_the_client(start_supervisor):
     try:
         value = handle.result(timeout=30)
     except taskpool.TaskFailed as exc:
-        assert "frame limit" in exc.remote_message
+        assert "result limit" in exc.remote_message
     else:
         assert len(value) == size
     assert sup.stats()["pid"] == sup.pid  # the same client connection still works
     assert_still_serving(sup)
 
 
-def test_query_and_cancel_of_an_unknown_id_raise_task_not_found(supervisor, raw):
+def test_query_and_cancel_of_an_unknown_id_raise_task_not_found(supervisor, raw, use_supervisor):
     with pytest.raises(taskpool.TaskNotFound) as caught:
         supervisor.client.query("f" * 32)
     assert caught.value.code == "not_found" and "f" * 32 in caught.value.message
-    handle = taskpool.TaskHandle("e" * 32, client=supervisor.client)
+    use_supervisor(supervisor)
+    handle = taskpool.get("e" * 32)
     with pytest.raises(taskpool.TaskNotFound):
-        handle.status
+        handle.refresh()
     with pytest.raises(taskpool.TaskNotFound):
         handle.result(timeout=1)
     with pytest.raises(taskpool.TaskNotFound):
@@ -417,7 +417,7 @@ def test_client_that_never_reads_is_dropped_past_client_buffer(start_supervisor,
     sup = start_supervisor("--workers", "1", "--client-buffer", "65536")
     flood = raw(sup.socket, timeout=5.0)
     flood.hello()
-    batch = encode(StatsRequest()) * 100
+    batch = encode(StatsRequest()) * 10  # ~10 kB of replies per batch, none of them read
     deadline = time.monotonic() + 30
     sent = 0
     dropped = None
@@ -425,7 +425,7 @@ def test_client_that_never_reads_is_dropped_past_client_buffer(start_supervisor,
         assert time.monotonic() < deadline, f"not dropped after {sent} unread requests"
         try:
             flood.send_bytes(batch)
-            sent += 100
+            sent += 10
         except OSError as exc:  # EPIPE / ECONNRESET once the supervisor has closed it
             dropped = exc
         assert sup.stats()["pid"] == sup.pid  # others are served throughout
@@ -468,14 +468,16 @@ def test_query_wait_nan_does_not_stall_other_waiters(supervisor, raw, tmp_path):
     conn = raw(supervisor.socket)
     conn.hello()
     conn.send(Query(blocker.id, math.nan), StatsRequest())
-    assert isinstance(conn.recv(), Stats)  # so the Query, sent before it, has been handled
-    victim = taskpool.TaskHandle(blocker.id, client=Client(supervisor.socket, timeout=3.0))
+    refusal = conn.recv()  # a non-finite number is a bad frame: refused, connection closed
+    assert isinstance(refusal, Error) and refusal.code == "bad_frame" and "finite" in refusal.message
+    victim = Client(supervisor.socket, timeout=3.0)  # another client, waiting 0.5s on the same task
     started = time.monotonic()
     try:
-        with pytest.raises(taskpool.ResultTimeout):
-            victim.result(timeout=0.5)
+        info = victim.query(blocker.id, wait=0.5)
+        assert info.status == "RUNNING"
         assert time.monotonic() - started < 3.0
     finally:
+        victim._forget()
         gate.touch()
     assert blocker.result(timeout=10) == "released"
     assert_still_serving(supervisor)
@@ -486,15 +488,13 @@ def test_200_concurrent_clients_each_submit_and_read_a_result(supervisor):
     connected = threading.Barrier(count, timeout=60)
     results: dict[int, object] = {}
     errors: list[BaseException] = []
+    client = supervisor.client  # one connection per thread
 
     def one(i: int) -> None:
-        client = Client(supervisor.socket, timeout=30.0)
         try:
             client.request(StatsRequest())  # handshake: this thread's own connection
             connected.wait()  # all 200 connections are open at once from here
-            msg = build_submit(sample_tasks.add, (i, 1000), {})
-            client.request(msg)
-            results[i] = taskpool.TaskHandle(msg.task_id, msg.name, client).result(timeout=60)
+            results[i] = supervisor.submit(sample_tasks.add, i, 1000).result(timeout=60)
         except BaseException as exc:  # reported below
             errors.append(exc)
             connected.abort()
