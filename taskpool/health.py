@@ -49,12 +49,13 @@ class ProcessSampler:
 
 def build_stats(sup: Any, version: str) -> dict:
     """The STATS reply: the supervisor, each worker (with psutil figures), queue, counters."""
+    sched = sup.scheduler
     workers = sorted(sup.workers, key=lambda w: (w.generation, w.wid))
     metrics = sup.sampler.sample([os.getpid(), *(w.pid for w in workers)])
     rows = []
     for w in workers:
         rss, cpu = metrics.get(w.pid, (0, 0.0))
-        task = sup.ledger.active.get(w.task_id) if w.task_id else None
+        task = sup.scheduler.ledger.active.get(w.task_id) if w.task_id else None
         rows.append({
             "wid": w.wid, "pid": w.pid, "generation": w.generation, "state": w.state.value,
             "task_id": w.task_id, "task_name": task.name if task else None,
@@ -74,9 +75,9 @@ def build_stats(sup: Any, version: str) -> dict:
         "rss": own_rss,
         "cpu_percent": own_cpu,
         "workers": rows,
-        "queue": {"ready": len(sup.ready), "delayed": len(sup.delayed), "running": sup.workers.busy()},
-        "counters": {**sup.ledger.counters, **sup.counters},
-        "known_tasks": sorted(sup.task_defaults),
+        "queue": {"ready": len(sched.ready), "delayed": len(sched.delayed), "running": sup.workers.busy()},
+        "counters": {**sched.ledger.counters, "timeouts": sched.timeouts, **sup.counters},
+        "known_tasks": sorted(sched.task_defaults),
         "supervisor_id": sup.supervisor_id,
         "store": sup.config.store,
         "recorder": sup.recorder.stats(time.monotonic()) if sup.recorder is not None else None,

@@ -35,12 +35,9 @@ from .config import Config, load_config
 from .connections import Client, ConnectionHub
 from .errors import ConfigError, ProtocolError
 from .health import ProcessSampler, build_stats
-from .ledger import Ledger, TaskState, error_dict
+from .ledger import TaskState
 from .pool import WorkerPool
 from .protocol import (
-    READY,
-    RUNNING,
-    Accepted,
     Adopt,
     Cancel,
     Done,
@@ -54,18 +51,15 @@ from .protocol import (
     StatsRequest,
     Submit,
 )
-from .queue import DelayHeap, ReadyQueue
 from .recorder import RecorderSettings, hold_lock
 from .recording import RecorderLink
-from .registry import MAX_PRIORITY, MIN_PRIORITY, backoff_delay
-from .stores.base import TaskRow
+from .scheduler import Scheduler
 from .transport import Closed, ensure_private_dir, listen
 
 log = logging.getLogger("taskpool.supervisor")
 
 BOOT_FAILURE_EXIT = 3
 MAX_WAIT = 3600.0
-MAX_ID_LENGTH = 200
 SWEEP_INTERVAL = 2.0  # seconds between store sweeps (adopt unheld READY rows, recover dead holders)
 SWEEP_HORIZON = 60.0  # adopt delayed rows due within this many seconds
 PULL_LIMIT = 500
@@ -95,15 +89,13 @@ class Supervisor:
         self.config = config
         self.explicit = dict(explicit or {})
         self.selector = selectors.DefaultSelector()
-        self.ledger = Ledger(config.result_cache)
-        self.ledger.listen(self._on_task_event)
+        self.scheduler = Scheduler(config.result_cache, config.max_ready, durable=config.store != "memory")
+        self.scheduler.ledger.listen(self._on_task_event)
         self.hub = ConnectionHub(
             self.selector, config.max_frame, config.client_buffer,
             {os.getuid(), 0, *config.allow_uid}, _group_id(config.socket_group), self.handle_request, config.store,
             os.path.abspath(config.spool),
         )
-        self.ready = ReadyQueue()
-        self.delayed = DelayHeap()
         self.workers = WorkerPool(config.workers, self._spawn, self.hub.unregister)
         self.supervisor_id = uuid.uuid4().hex
         self.recorder: RecorderLink | None = None
@@ -118,15 +110,13 @@ class Supervisor:
             )
         self.lock_fd: int | None = None
         self.next_sweep_at = 0.0
-        self.backlog_in_store = False
         self.drain_deadline: float | None = None
         self.pending_signals: list[int] = []
         self.sampler = ProcessSampler()
-        self.task_defaults: dict[str, dict] = {}  # from the current generation's Ready frames
         self.phase = "starting"
         self.stop_deadline: float | None = None
         self.exit_code = 0
-        self.counters = {"worker_restarts": 0, "worker_crashes": 0, "timeouts": 0}
+        self.counters = {"worker_restarts": 0, "worker_crashes": 0}
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.listener: socket.socket | None = None
@@ -228,7 +218,7 @@ class Supervisor:
 
     def next_timeout(self, now: float) -> float:
         candidates = [1.0]
-        due = self.delayed.next_due()
+        due = self.scheduler.delayed.next_due()
         if due is not None:
             candidates.append(due - now)
         worker_due = self.workers.next_deadline(now)
@@ -298,21 +288,21 @@ class Supervisor:
             return
         log.info("stopping: waiting up to %.1fs for %d running task(s)", self.config.graceful_timeout, self._running())
         self.phase = "stopping"
+        self.scheduler.accepting = False
         self.stop_deadline = now + self.config.graceful_timeout
         self.workers.retire_all(now, self.config.graceful_timeout)
 
     def stop_now(self, now: float) -> None:
         self.phase = "stopping"
+        self.scheduler.accepting = False
         self.stop_deadline = now
         for worker in self.workers:
             self._kill_interrupting(worker, "stopped at once by the supervisor")
 
     def _kill_interrupting(self, worker: WorkerProc, why: str) -> None:
         """SIGKILL a worker; its task goes back to READY without spending an attempt."""
-        task = self.ledger.active.get(worker.task_id) if worker.task_id else None
-        if task is not None and task.status == RUNNING:
-            self.ledger.interrupt(task, why)
-            self._enqueue(task, time.monotonic())
+        if worker.task_id is not None:
+            self.scheduler.interrupt(worker.task_id, why, time.monotonic())
         worker.task_id = None
         self.workers.kill(worker)
 
@@ -397,9 +387,9 @@ class Supervisor:
         if isinstance(msg, Done):
             self._on_done(worker, msg, now)
         elif isinstance(msg, Progress):
-            task = self.ledger.active.get(msg.task_id)
+            task = self.scheduler.ledger.active.get(msg.task_id)
             if task is not None and worker.task_id == msg.task_id:
-                self.ledger.report_progress(task, min(max(msg.percent, 0.0), 100.0), msg.message)
+                self.scheduler.ledger.report_progress(task, min(max(msg.percent, 0.0), 100.0), msg.message)
         elif isinstance(msg, Ready):
             self._on_ready(worker, msg, now)
         elif isinstance(msg, Error) and msg.code == "boot_failed":
@@ -411,25 +401,17 @@ class Supervisor:
         if worker.state != WorkerState.BOOTING:
             return
         if worker.generation == self.workers.generation:
-            self.task_defaults = msg.tasks
+            self.scheduler.task_defaults = msg.tasks
         self.workers.mark_ready(worker, sorted(msg.tasks), now, self.config.graceful_timeout)
 
     def _on_done(self, worker: WorkerProc, msg: Done, now: float) -> None:
         if worker.task_id != msg.task_id:
             return  # a task we already gave up on (cancelled)
-        task = self.ledger.active.get(msg.task_id)
         worker.task_id = None
         worker.deadline = None
         worker.tasks_done += 1
         worker.state = WorkerState.IDLE
-        if task is not None:
-            error = msg.error or error_dict("builtins.Exception", "task failed")
-            if msg.ok:
-                self.ledger.succeed(task, msg.result)
-            elif msg.retry_in is not None:
-                self._retry_or_fail(task, error, msg.retry_in, now)
-            else:
-                self.ledger.fail(task, error)
+        self.scheduler.done(msg.task_id, msg, now)
         if self._should_retire(worker, msg.rss):
             self.workers.retire(worker, now, self.config.graceful_timeout)
 
@@ -457,7 +439,8 @@ class Supervisor:
         how = describe_exit(status)
         expected = worker.state in (WorkerState.RETIRING, WorkerState.KILLED)
         if worker.task_id is not None:
-            self._worker_lost(worker, how, now)
+            self.scheduler.lost(worker.task_id, worker.pid, how, now)
+            worker.task_id = None
         if worker.state == WorkerState.BOOTING:
             self._boot_failed(worker, how, now)
         elif not expected:
@@ -466,21 +449,6 @@ class Supervisor:
             self.workers.note_crash(worker, now)
         if self.phase == "running":
             self.counters["worker_restarts"] += 1
-
-    def _worker_lost(self, worker: WorkerProc, how: str, now: float) -> None:
-        task = self.ledger.active.get(worker.task_id)
-        worker.task_id = None
-        if task is None or task.status != RUNNING:
-            return
-        error = error_dict("taskpool.errors.WorkerLost", f"worker pid {worker.pid} {how} while running the task")
-        if task.attempts < task.max_attempts and self.phase == "running":
-            self.ledger.retry(task, error)
-            self._enqueue(task, now)
-        elif self.phase == "running":
-            self.ledger.fail(task, error)
-        else:
-            self.ledger.interrupt(task, error["message"])
-            self._enqueue(task, now)
 
     def _boot_failed(self, worker: WorkerProc, how: str, now: float) -> None:
         reason = worker.boot_error or f"worker {how} before it was ready"
@@ -495,67 +463,39 @@ class Supervisor:
     # -- timers ----------------------------------------------------------------
 
     def check_timers(self, now: float) -> None:
-        for task_id in self.delayed.pop_due(now):
-            task = self.ledger.active.get(task_id)
-            if task is not None and task.status == READY:
-                self.ready.push(task_id, task.priority)
+        self.scheduler.promote_due(now)
         for worker in self.workers:
             if worker.deadline is not None and now >= worker.deadline:
-                self._time_out(worker)
+                self._time_out(worker, now)
             elif worker.kill_at is not None and now >= worker.kill_at:
                 log.warning("worker %d did not exit in time; killing it", worker.pid)
                 self.workers.kill(worker)
-        self.hub.expire(now, self._info_of)
+        self.hub.expire(now, self.scheduler.info)
         if self.stop_deadline is not None and now >= self.stop_deadline:
             self.stop_deadline = None
             for worker in self.workers:
                 if worker.state == WorkerState.BUSY:
                     self._kill_interrupting(worker, "stopped at the graceful timeout")
 
-    def _retry_or_fail(self, task: TaskState, error: dict, delay: float, now: float) -> None:
-        if task.attempts < task.max_attempts and self.phase == "running":
-            self.ledger.retry(task, error, run_after=time.time() + delay if delay > 0 else None)
-            self._enqueue(task, now)
-        else:
-            self.ledger.fail(task, error)
-
-    def _time_out(self, worker: WorkerProc) -> None:
-        task = self.ledger.active.get(worker.task_id)
-        self.counters["timeouts"] += 1
-        worker.task_id = None
+    def _time_out(self, worker: WorkerProc, now: float) -> None:
+        task_id, worker.task_id = worker.task_id, None
         self.workers.kill(worker)
-        if task is not None:
-            log.warning("task %s (%s) passed its %ss timeout; killed worker %d",
-                        task.task_id, task.name, task.timeout, worker.pid)
-            message = f"task {task.name} ran longer than its timeout of {task.timeout}s; its worker was killed"
-            error = error_dict("taskpool.errors.TaskTimeout", message)
-            opts = self.task_defaults.get(task.name, {})
-            if opts.get("retry_on_timeout"):
-                delay = backoff_delay(task.attempts, opts["retry_backoff"], opts["retry_backoff_max"])
-                self._retry_or_fail(task, error, delay, time.monotonic())
-            else:
-                self.ledger.fail(task, error)
+        if task_id is not None:
+            self.scheduler.timed_out(task_id, worker.pid, now)
 
     # -- dispatch --------------------------------------------------------------
 
-    def _enqueue(self, task: TaskState, now: float) -> None:
-        delay = (task.run_after - time.time()) if task.run_after else 0.0
-        if delay > 0:
-            self.delayed.push(task.task_id, now + delay)
-        else:
-            self.ready.push(task.task_id, task.priority)
-
     def dispatch(self, now: float) -> None:
-        if self.phase != "running" or not self.ready:
+        if self.phase != "running" or not self.scheduler.ready:
             return
         for worker in self.workers.idle():
-            task_id = self.ready.pop()
-            if task_id is None:
+            task = self.scheduler.next_ready()
+            if task is None:
                 return
-            self._start(worker, self.ledger.active[task_id], now)
+            self._start(worker, task, now)
 
     def _start(self, worker: WorkerProc, task: TaskState, now: float) -> None:
-        self.ledger.start(task, worker.pid)
+        self.scheduler.start(task, worker.pid)
         worker.state = WorkerState.BUSY
         worker.task_id = task.task_id
         worker.deadline = now + task.timeout if task.timeout else None
@@ -574,11 +514,11 @@ class Supervisor:
     def handle_request(self, client: Client, msg: Message, now: float) -> Message | None:
         """A greeted client's request; None when the reply comes later (a wait)."""
         if isinstance(msg, Submit):
-            return self.submit(msg, now)
+            return self.scheduler.submit(msg, now)
         if isinstance(msg, Query):
-            task = self.ledger.get(msg.task_id)
+            task = self.scheduler.ledger.get(msg.task_id)
             if task is None or task.is_final or msg.wait <= 0:
-                return self._info_of(msg.task_id)
+                return self.scheduler.info(msg.task_id)
             self.hub.wait_for(client, msg.task_id, now + min(msg.wait, MAX_WAIT))
             return None
         if isinstance(msg, Cancel):
@@ -587,12 +527,6 @@ class Supervisor:
             return Stats(self.stats())
         self.hub.refuse(client, Error("bad_frame", f"{type(msg).__name__} is not a client request"))
         return None
-
-    def _info_of(self, task_id: str) -> Message:
-        task = self.ledger.get(task_id)
-        if task is None:
-            return Error("not_found", f"no task {task_id!r} is known to this supervisor", task_id)
-        return task.info()
 
     def _on_task_event(self, task: TaskState, event: str) -> None:
         if self.recorder is not None:
@@ -614,75 +548,29 @@ class Supervisor:
         recorder.tick(now)
         if self.phase != "running":
             return
-        room = self.config.max_ready - len(self.ready) - len(self.delayed)
-        wanted = now >= self.next_sweep_at or (self.backlog_in_store and room >= self.config.max_ready // 2)
+        room, scheduler = self.scheduler.room(), self.scheduler
+        wanted = now >= self.next_sweep_at or (scheduler.backlog_in_store and room >= self.config.max_ready // 2)
         if wanted and room > 0 and recorder.pull(min(room, PULL_LIMIT), time.time() + SWEEP_HORIZON, now):
             self.next_sweep_at = now + SWEEP_INTERVAL
-            self.backlog_in_store = False
+            scheduler.backlog_in_store = False
 
     def _on_adopt(self, msg: Adopt, now: float) -> None:
         report = msg.report
         if report.get("gone"):
             log.warning("supervisor(s) %s are gone: %d task(s) to run again, %d failed out of attempts",
                         ", ".join(report["gone"]), report["requeued"], report["failed"])
-        for fields in msg.rows:
-            row = TaskRow(**fields)
-            if self.ledger.get(row.task_id) is None:
-                self._enqueue(self.ledger.adopt(row), now)
+        self.scheduler.adopt(msg.rows, now)
         if len(msg.rows) >= PULL_LIMIT:
-            self.backlog_in_store = True
-
-    def submit(self, msg: Submit, now: float) -> Message:
-        if self.ledger.get(msg.task_id) is not None:
-            return Accepted(msg.task_id)  # a re-sent Submit (the client retries once)
-        problem = self._check_submit(msg)
-        if problem is None:
-            task = self.ledger.accept(msg, self.task_defaults.get(msg.name))
-            self._enqueue(task, now)
-            return Accepted(msg.task_id)
-        if not msg.stored or self.recorder is None:
-            return problem
-        if problem.code in ("queue_full", "shutting_down"):
-            self.backlog_in_store = True  # the row waits in the store; a sweep adopts it later
-            return Accepted(msg.task_id)
-        if problem.code in ("unknown_task", "invalid_arguments") and len(msg.task_id) <= MAX_ID_LENGTH:
-            kind = "UnknownTask" if problem.code == "unknown_task" else "InvalidArguments"
-            task = self.ledger.accept(msg, None)  # the row exists: record why it will never run
-            self.ledger.fail(task, error_dict(f"taskpool.errors.{kind}", problem.message))
-        return problem
-
-    def _check_submit(self, msg: Submit) -> Error | None:
-        if self.phase != "running":
-            return Error("shutting_down", "the supervisor is stopping", msg.task_id)
-        if not 0 < len(msg.task_id) <= MAX_ID_LENGTH or not 0 < len(msg.name) <= MAX_ID_LENGTH:
-            return Error("invalid_arguments", f"task id and name must be 1 to {MAX_ID_LENGTH} characters", msg.task_id)
-        if self.task_defaults and msg.name not in self.task_defaults:
-            return Error("unknown_task", f"no task named {msg.name!r} is registered in the workers", msg.task_id)
-        if msg.priority is not None and not MIN_PRIORITY <= msg.priority <= MAX_PRIORITY:
-            return Error("invalid_arguments", f"priority must be in {MIN_PRIORITY}..{MAX_PRIORITY}", msg.task_id)
-        if msg.max_attempts is not None and msg.max_attempts < 1:
-            return Error("invalid_arguments", "max_attempts must be at least 1", msg.task_id)
-        if msg.timeout is not None and msg.timeout <= 0:
-            return Error("invalid_arguments", "timeout must be greater than 0", msg.task_id)
-        if len(self.ready) + len(self.delayed) >= self.config.max_ready:
-            return Error("queue_full", f"{self.config.max_ready} tasks are already waiting (max_ready)", msg.task_id)
-        return None
+            self.scheduler.backlog_in_store = True
 
     def cancel(self, task_id: str, now: float) -> Message:
-        task = self.ledger.get(task_id)
-        if task is None:
-            return Error("not_found", f"no task {task_id!r} is known to this supervisor", task_id)
-        if task.status == READY:
-            self.ready.discard(task_id)
-            self.delayed.discard(task_id)
-            self.ledger.cancel(task)
-        elif task.status == RUNNING:
+        reply, was_running = self.scheduler.cancel(task_id)
+        if was_running:
             for worker in self.workers:
                 if worker.task_id == task_id:
                     worker.task_id = None
                     self.workers.kill(worker)
-            self.ledger.cancel(task, error_dict("taskpool.errors.Cancelled", "cancelled while running; its worker was stopped"))
-        return task.info()
+        return reply
 
     # -- stats -------------------------------------------------------------------
 

@@ -69,13 +69,13 @@ def submit(sup: Supervisor, task_id: str, now: float = NOW, name: str = "mod.tas
 
 
 def status(sup: Supervisor, task_id: str) -> str | None:
-    task = sup.ledger.get(task_id)
+    task = sup.scheduler.ledger.get(task_id)
     return task.status if task is not None else None
 
 
 def pop_all(sup: Supervisor) -> list[str]:
     out = []
-    while (task_id := sup.ready.pop()) is not None:
+    while (task_id := sup.scheduler.ready.pop()) is not None:
         out.append(task_id)
     return out
 
@@ -97,7 +97,7 @@ def test_ready_task_stays_queued_without_workers(sup):
     assert submit(sup, "a") == Accepted("a")
     sup.tick([], NOW)
     sup.tick([], NOW + 60)
-    assert "a" in sup.ready
+    assert "a" in sup.scheduler.ready
     assert status(sup, "a") == READY
     assert len(sup.workers) == 0
 
@@ -107,37 +107,37 @@ def test_ready_task_stays_queued_without_workers(sup):
 
 def test_submit_without_run_after_goes_to_the_ready_queue(sup):
     assert submit(sup, "a") == Accepted("a")
-    assert "a" in sup.ready
-    assert len(sup.ready) == 1
-    assert len(sup.delayed) == 0
-    task = sup.ledger.get("a")
+    assert "a" in sup.scheduler.ready
+    assert len(sup.scheduler.ready) == 1
+    assert len(sup.scheduler.delayed) == 0
+    task = sup.scheduler.ledger.get("a")
     assert (task.status, task.name, task.args, task.kwargs) == (READY, "mod.task", [1], {"k": "v"})
     assert (task.priority, task.max_attempts, task.timeout, task.queue) == (0, 3, None, "default")
-    assert sup.ledger.counters["submitted"] == 1
+    assert sup.scheduler.ledger.counters["submitted"] == 1
 
 
 def test_submit_with_run_after_in_the_past_is_ready_at_once(sup):
     assert submit(sup, "a", run_after=time.time() - 5) == Accepted("a")
-    assert "a" in sup.ready
-    assert len(sup.delayed) == 0
+    assert "a" in sup.scheduler.ready
+    assert len(sup.scheduler.delayed) == 0
 
 
 def test_delayed_submit_moves_to_ready_only_when_due(sup):
     assert submit(sup, "later", run_after=time.time() + 30) == Accepted("later")
-    assert len(sup.delayed) == 1
-    assert "later" not in sup.ready
-    due = sup.delayed.next_due()
+    assert len(sup.scheduler.delayed) == 1
+    assert "later" not in sup.scheduler.ready
+    due = sup.scheduler.delayed.next_due()
     assert NOW + 29 < due <= NOW + 30
 
     sup.tick([], NOW + 10)
     sup.tick([], due - 0.01)
-    assert "later" not in sup.ready
-    assert len(sup.delayed) == 1
+    assert "later" not in sup.scheduler.ready
+    assert len(sup.scheduler.delayed) == 1
     assert status(sup, "later") == READY
 
     sup.tick([], due)
-    assert "later" in sup.ready
-    assert len(sup.delayed) == 0
+    assert "later" in sup.scheduler.ready
+    assert len(sup.scheduler.delayed) == 0
     assert status(sup, "later") == READY
 
 
@@ -147,9 +147,9 @@ def test_delayed_tasks_become_ready_in_due_order_with_their_priority(sup):
     submit(sup, "first", run_after=wall + 10, priority=5)
     submit(sup, "now", priority=0)
     sup.tick([], NOW + 15)
-    assert "first" in sup.ready and "second" not in sup.ready
+    assert "first" in sup.scheduler.ready and "second" not in sup.scheduler.ready
     sup.tick([], NOW + 25)
-    assert len(sup.delayed) == 0
+    assert len(sup.scheduler.delayed) == 0
     assert pop_all(sup) == ["first", "now", "second"]
 
 
@@ -161,8 +161,8 @@ def test_queue_full_when_max_ready_is_reached(make_supervisor):
     assert isinstance(reply, Error)
     assert reply.code == "queue_full"
     assert reply.task_id == "c"
-    assert sup.ledger.get("c") is None
-    assert len(sup.ready) == 2
+    assert sup.scheduler.ledger.get("c") is None
+    assert len(sup.scheduler.ready) == 2
 
 
 def test_delayed_tasks_count_toward_max_ready(make_supervisor):
@@ -204,9 +204,9 @@ def test_bad_submit_values_give_invalid_arguments(sup, task_id, name, options):
     assert isinstance(reply, Error)
     assert reply.code == "invalid_arguments"
     assert reply.task_id == task_id
-    assert sup.ledger.get(task_id) is None
-    assert len(sup.ready) == 0 and len(sup.delayed) == 0
-    assert sup.ledger.counters["submitted"] == 0
+    assert sup.scheduler.ledger.get(task_id) is None
+    assert len(sup.scheduler.ready) == 0 and len(sup.scheduler.delayed) == 0
+    assert sup.scheduler.ledger.counters["submitted"] == 0
 
 
 @pytest.mark.parametrize(
@@ -216,7 +216,7 @@ def test_bad_submit_values_give_invalid_arguments(sup, task_id, name, options):
 )
 def test_boundary_submit_values_are_accepted(sup, options):
     assert submit(sup, "t", **options) == Accepted("t")
-    task = sup.ledger.get("t")
+    task = sup.scheduler.ledger.get("t")
     for key, value in options.items():
         assert getattr(task, key) == value
 
@@ -226,14 +226,14 @@ def test_submit_options_override_worker_defaults_and_none_takes_them(sup):
     worker = WorkerProc(wid=1, pid=4242, generation=sup.workers.generation, conn=None, started=NOW)
     sup.handle_worker_message(worker, ready, NOW)  # a record only: not in the worker table
     assert submit(sup, "defaults") == Accepted("defaults")
-    task = sup.ledger.get("defaults")
+    task = sup.scheduler.ledger.get("defaults")
     assert (task.priority, task.queue, task.max_attempts, task.timeout) == (9, "q", 7, 3.0)
     assert submit(sup, "explicit", priority=-2, max_attempts=1, timeout=0.5, queue="other") == Accepted("explicit")
-    task = sup.ledger.get("explicit")
+    task = sup.scheduler.ledger.get("explicit")
     assert (task.priority, task.queue, task.max_attempts, task.timeout) == (-2, "other", 1, 0.5)
     reply = submit(sup, "unknown", name="mod.other")
     assert isinstance(reply, Error) and reply.code == "unknown_task"
-    assert sup.ledger.get("unknown") is None
+    assert sup.scheduler.ledger.get("unknown") is None
 
 
 def test_submit_while_stopping_is_refused(sup):
@@ -251,9 +251,9 @@ def test_repeated_submit_with_the_same_id_is_accepted_once(sup):
     assert submit(sup, "same") == Accepted("same")
     again = sup.handle_request(None, Submit("same", "mod.task", ["other"], {}, priority=50), NOW)
     assert again == Accepted("same")
-    assert sup.ledger.counters["submitted"] == 1
-    assert len(sup.ready) == 1
-    task = sup.ledger.get("same")
+    assert sup.scheduler.ledger.counters["submitted"] == 1
+    assert len(sup.scheduler.ready) == 1
+    task = sup.scheduler.ledger.get("same")
     assert task.args == [1]
     assert task.priority == 0
     assert pop_all(sup) == ["same"]
@@ -263,7 +263,7 @@ def test_repeated_delayed_submit_is_queued_once(sup):
     run_after = time.time() + 5
     assert submit(sup, "d", run_after=run_after) == Accepted("d")
     assert submit(sup, "d", run_after=run_after) == Accepted("d")
-    assert len(sup.delayed) == 1
+    assert len(sup.scheduler.delayed) == 1
     sup.tick([], NOW + 10)
     assert pop_all(sup) == ["d"]
 
@@ -273,8 +273,8 @@ def test_repeated_submit_of_a_cancelled_task_does_not_queue_it_again(sup):
     sup.handle_request(None, Cancel("c"), NOW)
     assert submit(sup, "c") == Accepted("c")
     assert status(sup, "c") == CANCELLED
-    assert len(sup.ready) == 0
-    assert sup.ledger.counters["submitted"] == 1
+    assert len(sup.scheduler.ready) == 0
+    assert sup.scheduler.ledger.counters["submitted"] == 1
 
 
 def test_repeated_submit_is_accepted_even_when_the_queue_is_full(make_supervisor):
@@ -284,7 +284,7 @@ def test_repeated_submit_is_accepted_even_when_the_queue_is_full(make_supervisor
     sup = make_supervisor(max_ready=1)
     assert submit(sup, "only") == Accepted("only")
     assert submit(sup, "only") == Accepted("only")
-    assert sup.ledger.counters["submitted"] == 1
+    assert sup.scheduler.ledger.counters["submitted"] == 1
 
 
 # -- cancel ----------------------------------------------------------------------------
@@ -299,10 +299,10 @@ def test_cancel_of_a_ready_task_removes_it_and_sets_cancelled(sup):
     assert reply.status == CANCELLED
     assert reply.attempts == 0
     assert status(sup, "b") == CANCELLED
-    assert "b" not in sup.ready
-    assert len(sup.ready) == 2
-    assert sup.ledger.counters["cancelled"] == 1
-    assert "b" not in sup.ledger.active
+    assert "b" not in sup.scheduler.ready
+    assert len(sup.scheduler.ready) == 2
+    assert sup.scheduler.ledger.counters["cancelled"] == 1
+    assert "b" not in sup.scheduler.ledger.active
     sup.tick([], NOW + 1)
     assert status(sup, "b") == CANCELLED
     assert pop_all(sup) == ["a", "c"]
@@ -313,10 +313,10 @@ def test_cancel_of_a_delayed_task_removes_it_from_the_delay_heap(sup):
     assert sup.next_timeout(NOW) < 1.0
     reply = sup.handle_request(None, Cancel("d"), NOW)
     assert reply.status == CANCELLED
-    assert len(sup.delayed) == 0
+    assert len(sup.scheduler.delayed) == 0
     assert sup.next_timeout(NOW) == 1.0
     sup.tick([], NOW + 10)
-    assert "d" not in sup.ready
+    assert "d" not in sup.scheduler.ready
     assert status(sup, "d") == CANCELLED
 
 
@@ -325,7 +325,7 @@ def test_cancel_twice_keeps_cancelled(sup):
     sup.handle_request(None, Cancel("a"), NOW)
     reply = sup.handle_request(None, Cancel("a"), NOW)
     assert isinstance(reply, TaskInfo) and reply.status == CANCELLED
-    assert sup.ledger.counters["cancelled"] == 1
+    assert sup.scheduler.ledger.counters["cancelled"] == 1
 
 
 def test_cancel_of_an_unknown_task_is_not_found(sup):
@@ -352,12 +352,12 @@ def test_next_timeout_is_one_second_when_idle(sup):
 def test_next_timeout_reflects_the_nearest_delay(sup):
     wall = time.time()
     submit(sup, "far", run_after=wall + 0.8)
-    far_due = sup.delayed.next_due()
+    far_due = sup.scheduler.delayed.next_due()
     assert sup.next_timeout(NOW) == pytest.approx(far_due - NOW)
     assert 0.7 < sup.next_timeout(NOW) <= 0.8
 
     submit(sup, "near", run_after=wall + 0.3)
-    near_due = sup.delayed.next_due()
+    near_due = sup.scheduler.delayed.next_due()
     assert near_due < far_due
     assert sup.next_timeout(NOW) == pytest.approx(near_due - NOW)
     assert 0.2 < sup.next_timeout(NOW) <= 0.3
@@ -371,7 +371,7 @@ def test_next_timeout_is_capped_at_one_second(sup):
 
 def test_next_timeout_is_zero_once_a_delay_is_due(sup):
     submit(sup, "soon", run_after=time.time() + 0.5)
-    due = sup.delayed.next_due()
+    due = sup.scheduler.delayed.next_due()
     assert sup.next_timeout(due) == 0.0
     assert sup.next_timeout(due + 5) == 0.0
 
@@ -380,10 +380,10 @@ def test_next_timeout_moves_on_after_the_nearest_delay_is_taken(sup):
     wall = time.time()
     submit(sup, "near", run_after=wall + 0.2)
     submit(sup, "far", run_after=wall + 0.9)
-    near_due = sup.delayed.next_due()
+    near_due = sup.scheduler.delayed.next_due()
     sup.tick([], near_due)
-    assert "near" in sup.ready
-    far_due = sup.delayed.next_due()
+    assert "near" in sup.scheduler.ready
+    far_due = sup.scheduler.delayed.next_due()
     assert far_due > near_due
     assert sup.next_timeout(near_due) == pytest.approx(far_due - near_due)
     sup.tick([], far_due)
