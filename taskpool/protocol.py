@@ -238,12 +238,16 @@ class Recorded(Message):
     seq: int
 
 
-@message(42, (int,), _NUMBER)
+@message(42, (int,), _NUMBER, (bool,))
 class Pull(Message):
-    """Sweep the store and adopt up to ``limit`` unheld READY rows due before ``horizon``."""
+    """Sweep the store and adopt up to ``limit`` unheld READY rows due before ``horizon``.
+
+    ``release_mine``: first un-hold READY rows this supervisor holds (a recorder died
+    between claiming rows and delivering them; the supervisor skips those it has)."""
 
     limit: int
     horizon: float
+    release_mine: bool = False
 
 
 @message(43, (list,), (dict,))

@@ -106,7 +106,7 @@ class Recorder:
                 self._persist(lambda rows=rows: self.store.record(rows))
                 self.channel.send(Recorded(msg.seq))
             elif isinstance(msg, Pull):
-                self.channel.send(self.sweep(msg.limit, msg.horizon))
+                self.channel.send(self.sweep(msg.limit, msg.horizon, msg.release_mine))
             if time.monotonic() >= self.next_heartbeat:
                 self.housekeeping()
 
@@ -143,11 +143,13 @@ class Recorder:
                 gone.append(holder)
         return gone
 
-    def sweep(self, limit: int, horizon: float) -> Adopt:
+    def sweep(self, limit: int, horizon: float, release_mine: bool = False) -> Adopt:
         now = time.time()
-        report: dict = {"requeued": 0, "failed": 0, "gone": []}
+        report: dict = {"requeued": 0, "failed": 0, "gone": [], "more": False}
 
         def work() -> list[TaskRow]:
+            if release_mine:
+                self.store.release(self.settings.supervisor_id)
             gone = self.gone_holders(now)
             if gone:
                 recovery = self.store.recover(self.settings.supervisor_id, gone, now)
@@ -156,6 +158,7 @@ class Recorder:
             return self.store.claim(self.settings.supervisor_id, limit, horizon) if limit > 0 else []
 
         rows = self._persist(work)
+        report["more"] = limit > 0 and len(rows) >= limit  # the store may hold more: pull again soon
         return Adopt([r.as_dict() for r in rows], report)
 
     def _forget_locks(self, gone: list[str]) -> None:

@@ -66,6 +66,7 @@ class RecorderLink:
         self.in_flight: dict[int, tuple[float, list[dict]]] = {}
         self.seq = 0
         self.pull_sent_at: float | None = None
+        self.release_next = False  # a claim's answer was lost with a dead recorder
         self.restarts = 0
         self.next_spawn_at = 0.0
         self.closing = False
@@ -107,6 +108,8 @@ class RecorderLink:
             for row in rows:
                 self.pending.setdefault(row["task_id"], row)
         self.in_flight.clear()
+        if self.pull_sent_at is not None:
+            self.release_next = True
         self.pull_sent_at = None
 
     def stop(self) -> None:
@@ -149,7 +152,8 @@ class RecorderLink:
             return False
         self.flush(now)
         self.pull_sent_at = now
-        self.conn.send(Pull(limit, horizon))
+        self.conn.send(Pull(limit, horizon, self.release_next))
+        self.release_next = False
         self._flush_conn()
         return True
 

@@ -560,7 +560,7 @@ class Supervisor:
             log.warning("supervisor(s) %s are gone: %d task(s) to run again, %d failed out of attempts",
                         ", ".join(report["gone"]), report["requeued"], report["failed"])
         self.scheduler.adopt(msg.rows, now)
-        if len(msg.rows) >= PULL_LIMIT:
+        if report.get("more"):
             self.scheduler.backlog_in_store = True
 
     def cancel(self, task_id: str, now: float) -> Message:

@@ -109,6 +109,10 @@ class Store(ABC):
         RUNNING rows are re-run (an attempt spent) or FAILED when out of attempts."""
 
     @abstractmethod
+    def release(self, supervisor_id: str) -> int:
+        """Un-hold READY rows held by ``supervisor_id`` (after a claim whose answer was lost)."""
+
+    @abstractmethod
     def holders(self) -> set[str]:
         """Supervisor ids that hold READY or RUNNING rows."""
 

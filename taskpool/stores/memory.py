@@ -37,6 +37,9 @@ class MemoryStore(Store):
     def recover(self, supervisor_id: str, gone: Sequence[str], now: float) -> Recovery:
         return Recovery()
 
+    def release(self, supervisor_id: str) -> int:
+        return 0
+
     def holders(self) -> set[str]:
         return set()
 

@@ -136,7 +136,8 @@ class SqliteStore(Store):
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -221,6 +222,13 @@ class SqliteStore(Store):
                 updates,
             )
         return report
+
+    def release(self, supervisor_id: str) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"UPDATE taskpool_task SET held_by = NULL WHERE status = '{READY}' AND held_by = ?", (supervisor_id,)
+            )
+            return cursor.rowcount
 
     def holders(self) -> set[str]:
         found = self._read(

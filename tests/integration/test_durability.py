@@ -423,7 +423,8 @@ def test_results_are_read_from_the_store_once_the_supervisor_is_gone(start_super
         return {"result": handle.result(timeout=1), "status": handle.status, "pid": os.getpid()}
 
     report = run_in_child(read_in_child)
-    assert report.get("value", report)["result"] == 42
+    assert "value" in report, report
+    assert report["value"]["result"] == 42
     assert report["value"]["status"] == "SUCCESSFUL" and report["value"]["pid"] != os.getpid()
 
 
@@ -476,19 +477,26 @@ def test_max_ready_bounds_the_queue_while_the_store_holds_the_rest(start_supervi
     sampler = threading.Thread(target=sample)
     sampler.start()
     started = time.monotonic()
+    drain_error = None
     try:
-        handles = [sup.submit(durable_tasks.quick, i) for i in range(300)]
+        handles = [sup.submit(sample_tasks.sleep, 0.01, i) for i in range(300)]  # ~3 s of work, submitted faster
         submitted = time.monotonic() - started
-        wait_until(lambda: sup.store.counts().get("SUCCESSFUL") == 300, timeout=60, message="300 SUCCESSFUL rows")
+        try:  # 1 worker, ~3 s of work: 20 s is generous
+            wait_until(lambda: sup.store.counts().get("SUCCESSFUL") == 300, timeout=20, message="300 SUCCESSFUL rows")
+        except AssertionError as exc:
+            counters = sup.stats()["counters"]
+            drain_error = (f"{exc}: store {sup.store.counts()}, accepted directly {counters['submitted']}, "
+                           f"adopted from the store {counters['adopted']}")
     finally:
         stop.set()
         sampler.join(10)
     drained = time.monotonic() - started
-    print(f"\n[durability] max_ready=5: 300 submitted in {submitted:.2f}s, all done in {drained:.2f}s; "
-          f"peak ready+delayed {peak[0]} over {samples[0]} samples")
+    print(f"\n[durability] max_ready=5: 300 submitted in {submitted:.2f}s, drain ended after {drained:.2f}s "
+          f"({sup.store.counts()}); peak ready+delayed {peak[0]} over {samples[0]} samples")
     assert not failures
     assert samples[0] > 20
     assert peak[0] <= 5
+    assert drain_error is None, drain_error
     assert [h.result(timeout=5) for h in handles] == list(range(300))
     assert sup.store.counts() == {"SUCCESSFUL": 300}
 
@@ -539,6 +547,9 @@ def test_submit_when_the_disk_is_full_raises_store_error(start_supervisor):
     print(f"\n[durability] disk full in the child: {report}")
     assert report.get("error") == "StoreError", report
     assert str(db) in report["message"]
+    # the cause must be the one SQLite gave ("disk I/O error" for EFBIG, "database or disk is full" for ENOSPC)
+    cause = report["message"].split(f"{db}:", 1)[-1]  # the tmp path may contain "disk" itself
+    assert "disk" in cause and "cannot rollback" not in cause, report["message"]
     assert total_rows(sup.store) == before
     assert_supervisor_unaffected(sup)
     assert total_rows(sup.store) == before + 1
@@ -594,9 +605,10 @@ def test_memory_store_clients_work_and_a_sqlite_client_is_refused(start_supervis
 
 def test_each_row_ends_with_exactly_one_final_status_despite_kills(start_supervisor):
     sup = start_supervisor("--workers", "2")
-    handles = [sup.submit(sample_tasks.sleep, 0.1, i) for i in range(50)]
-    busy = wait_until(lambda: next((w for w in sup.stats()["workers"] if w["state"] == "busy" and w["task_id"]), None),
-                      message="a busy worker")
+    # the first task runs long enough for its worker to be killed while it is surely still on it
+    handles = [sup.submit(sample_tasks.sleep, 1.0 if i == 0 else 0.1, i) for i in range(50)]
+    busy = wait_until(lambda: next((w for w in sup.stats()["workers"] if w["task_id"] == handles[0].id), None),
+                      message="the first task running")
     os.kill(busy["pid"], signal.SIGKILL)
     wait_until(lambda: pid_gone(busy["pid"]), timeout=5, message="worker gone")
     recorder = wait_until(lambda: new_recorder_pid(sup, []), message="the recorder")

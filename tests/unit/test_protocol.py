@@ -66,6 +66,7 @@ SAMPLES: list[Message] = [
     Record(7, [{"task_id": "t1", "status": "RUNNING", "errors": []}]),
     Recorded(7),
     Pull(100, 1700000060.0),
+    Pull(5, 1700000060.0, True),
     Adopt([{"task_id": "t1", "args": [1]}], {"requeued": 1, "failed": 0, "gone": ["abc"]}),
 ]
 
