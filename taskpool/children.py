@@ -61,24 +61,33 @@ def spawn(
     close_in_child: Callable[[], None],
     now: float,
 ) -> WorkerProc:
-    """Fork one worker. The child never returns from here."""
+    """Fork one worker."""
+    pid, parent_end = fork_child(
+        lambda sock: worker_main(sock, modules, generation, wid, max_frame, measure_rss), close_in_child
+    )
+    conn = FramedConnection(parent_end, max_frame, max_outbox)
+    return WorkerProc(wid=wid, pid=pid, generation=generation, conn=conn, started=now)
+
+
+def fork_child(main: Callable[[socket.socket], int], close_in_child: Callable[[], None]) -> tuple[int, socket.socket]:
+    """Fork a child connected by a socketpair; it runs ``main(its end)`` and exits with
+    its return value, never returning here. Returns (pid, the parent's end)."""
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
-    if pid == 0:  # child
+    if pid == 0:
         code = 1
         try:
             parent_end.close()
             close_in_child()
-            code = worker_main(child_end, modules, generation, wid, max_frame, measure_rss)
+            code = main(child_end)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
     child_end.close()
-    conn = FramedConnection(parent_end, max_frame, max_outbox)
-    return WorkerProc(wid=wid, pid=pid, generation=generation, conn=conn, started=now)
+    return pid, parent_end
 
 
 def reap() -> list[tuple[int, int]]:

@@ -13,13 +13,10 @@ never sees a row in an older state than the supervisor has already reported.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import sys
 import time
 from collections.abc import Callable
 
-from .children import describe_exit, kill
+from .children import describe_exit, fork_child, kill
 from .ledger import TaskState
 from .protocol import Adopt, Message, Pull, Record, Recorded
 from .recorder import RecorderSettings, recorder_main
@@ -74,19 +71,7 @@ class RecorderLink:
     # -- process -------------------------------------------------------------
 
     def spawn(self, now: float) -> None:
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 1
-            try:
-                parent_end.close()
-                self._close_in_child()
-                code = recorder_main(child_end, self.settings)
-            finally:
-                os._exit(code)
-        child_end.close()
+        pid, parent_end = fork_child(lambda sock: recorder_main(sock, self.settings), self._close_in_child)
         self.pid = pid
         limit = max(INTERNAL_FRAME, self.settings.max_frame * 16)
         self.conn = FramedConnection(parent_end, limit, 1 << 31)
