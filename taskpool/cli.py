@@ -71,12 +71,24 @@ def remove_pidfile(path: str) -> None:
         pass
 
 
+def django_defaults() -> dict:
+    """With DJANGO_SETTINGS_MODULE set: settings.TASKPOOL (flags override it), the django
+    store, and workers that call django.setup() after the fork. Only the settings module
+    is imported here; apps and task modules are imported in the workers."""
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return {}
+    from django_integration.conf import explicit_values  # the integration layer, above the core
+
+    return {"post_fork": "django_integration.runtime:setup_worker", **explicit_values()}
+
+
 def run(argv: list[str]) -> int:
     from .supervisor import Supervisor
 
     args = run_parser().parse_args(argv)
     explicit = {k: v for k, v in vars(args).items() if v is not None}
     try:
+        explicit = {**django_defaults(), **explicit}
         config = load_config(explicit)
     except ConfigError as exc:
         print(f"taskpool-supervisor: error: {exc}", file=sys.stderr)
@@ -131,8 +143,8 @@ def format_table(data: dict) -> str:
 
 def status(argv: list[str]) -> int:
     args = status_parser().parse_args(argv)
-    spool = args.spool or os.environ.get("TASKPOOL_SPOOL")
-    path = resolve_socket(spool, args.socket or os.environ.get("TASKPOOL_SOCKET"))
+    spool = args.spool or os.environ.get("TASKPOOL_SPOOL") or django_defaults().get("spool")
+    path = resolve_socket(spool, args.socket or os.environ.get("TASKPOOL_SOCKET") or django_defaults().get("socket"))
     try:
         data = Client(path, timeout=args.timeout).request(StatsRequest()).data  # type: ignore[attr-defined]
     except (SupervisorUnavailable, RemoteError) as exc:

@@ -51,22 +51,36 @@ log = logging.getLogger("taskpool.client")
 WAIT_CHUNK = 30.0  # a long result() wait is a series of waits this long
 POLL_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.5)  # polling the store while no supervisor holds the task
 
-_settings: dict[str, Any] = {"spool": None, "socket": None, "timeout": DEFAULT_TIMEOUT, "store": None}
+_settings: dict[str, Any] = {"spool": None, "socket": None, "timeout": DEFAULT_TIMEOUT, "store": None, "immediate": None}
 _lock = threading.Lock()
 _default: Client | None = None
 _stores: dict[tuple[str, str], Store] = {}
 
 
 def configure(
-    spool: str | None = None, socket: str | None = None, timeout: float | None = None, store: str | None = None
+    spool: str | None = None,
+    socket: str | None = None,
+    timeout: float | None = None,
+    store: str | None = None,
+    immediate: bool | None = None,
 ) -> None:
     """Say where the supervisor and the store are (else $TASKPOOL_SPOOL, $TASKPOOL_SOCKET,
-    $TASKPOOL_STORE; defaults ./spool and sqlite). An empty string clears a setting."""
+    $TASKPOOL_STORE; defaults ./spool and sqlite). An empty string clears a setting.
+
+    ``immediate=True`` (or $TASKPOOL_IMMEDIATE=1) runs submitted tasks inline in this
+    process, still recording their rows: for tests and development without a supervisor."""
     global _default
-    for name, value in (("spool", spool), ("socket", socket), ("timeout", timeout), ("store", store)):
+    for name, value in (("spool", spool), ("socket", socket), ("timeout", timeout), ("store", store),
+                        ("immediate", immediate)):
         if value is not None:
             _settings[name] = value
     _default = None
+
+
+def immediate_mode() -> bool:
+    if _settings["immediate"] is not None:
+        return bool(_settings["immediate"])
+    return os.environ.get("TASKPOOL_IMMEDIATE", "") not in ("", "0", "false", "False")
 
 
 def spool_path() -> str:
@@ -125,11 +139,12 @@ class TaskHandle:
     """A submitted task. Attributes read the task's state fresh on each access."""
 
     def __init__(self, task_id: str, name: str | None = None, client: Client | None = None,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, inline: TaskInfo | None = None) -> None:
         self.id = task_id
         self.name = name
         self._client = client
         self._store = store
+        self._inline = inline  # immediate mode with the memory store: the only record
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.id}{' ' + self.name if self.name else ''}>"
@@ -150,6 +165,8 @@ class TaskHandle:
         """The task's state: from the supervisor when it holds the task, else the store.
 
         With ``wait`` > 0 the supervisor answers when the task ends or the wait is over."""
+        if self._inline is not None:
+            return self._inline
         try:
             info = self.client.query(self.id, wait)
         except (TaskNotFound, SupervisorUnavailable) as exc:
@@ -256,6 +273,8 @@ def submit_many(calls: Iterable[tuple], client: Client | None = None, store: Sto
     store = store or default_store()
     client = client or default_client()
     msgs = [build_submit(c[0], c[1], c[2] if len(c) > 2 else {}, store.durable) for c in calls]
+    if immediate_mode():
+        return _run_inline(msgs, client, store)
     try:
         client.connect()
         _check_agreement(client, store)
@@ -266,18 +285,41 @@ def submit_many(calls: Iterable[tuple], client: Client | None = None, store: Sto
         up = False
     if store.durable:
         store.insert([row_of(m) for m in msgs])
-    replies = []
-    if up:
-        try:
-            replies = client.exchange(msgs)
-        except SupervisorUnavailable as exc:
-            log.warning("%s; %d task(s) stored, to run when a supervisor starts", exc, len(msgs))
-    else:
+    store.after_commit(lambda: _notify(client, msgs, up))
+    return [TaskHandle(m.task_id, m.name, client, store) for m in msgs]
+
+
+def _notify(client: Client, msgs: list[Submit], up: bool) -> None:
+    """Tell the supervisor (once the rows are committed); a durable row waits if it is down."""
+    if not up:
         log.warning("no supervisor at %s; %d task(s) stored, to run when one starts", client.path, len(msgs))
+        return
+    try:
+        replies = client.exchange(msgs)
+    except SupervisorUnavailable as exc:
+        log.warning("%s; %d task(s) stored, to run when a supervisor starts", exc, len(msgs))
+        return
     for reply in replies:
         if isinstance(reply, Error):
             raise_error(reply)
-    return [TaskHandle(m.task_id, m.name, client, store) for m in msgs]
+
+
+def _run_inline(msgs: list[Submit], client: Client, store: Store) -> list[TaskHandle]:
+    from .immediate import run_inline
+
+    rows = [row_of(m) for m in msgs]
+    if store.durable:
+        store.insert(rows)
+    handles = [TaskHandle(m.task_id, m.name, client, store) for m in msgs]
+
+    def run() -> None:
+        for msg, row, handle in zip(msgs, rows, handles, strict=True):
+            info = run_inline(msg, row, store)
+            if not store.durable:
+                handle._inline = info
+
+    store.after_commit(run)
+    return handles
 
 
 def get(task_id: str) -> TaskHandle:

@@ -74,6 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("store", str, "sqlite", "where task rows live: sqlite (in the spool), memory (not durable) or django",
             lambda v: None if v in ("sqlite", "memory", "django") else "must be sqlite, memory or django", "TASKPOOL_STORE"),
     Setting("retention_days", float, 7.0, "days finished tasks are kept in the store", _not_negative),
+    Setting("post_fork", _optional(str), None,
+            "module:function called in each worker after fork, before the task modules are imported"),
     Setting("import_", str, (), "module that registers tasks, imported by each worker after fork", many=True),
     Setting("socket_mode", _octal, 0o600, "permission bits of the socket file, in octal", _mode),
     Setting("socket_group", _optional(str), None, "group that owns the socket (with --socket-mode 660)"),
@@ -104,6 +106,7 @@ class Config:
     socket: str | None
     store: str
     retention_days: float
+    post_fork: str | None
     import_: tuple[str, ...]
     socket_mode: int
     socket_group: str | None

@@ -358,7 +358,7 @@ class Supervisor:
     def _spawn(self, wid: int, generation: int, now: float) -> WorkerProc:
         worker = spawn(
             wid, generation, self.config.import_, self.config.max_frame, self.config.client_buffer,
-            self.config.max_memory_per_worker > 0, self._close_in_child, now,
+            self.config.max_memory_per_worker > 0, self._close_in_child, now, self.config.post_fork,
         )
         self.selector.register(worker.conn.sock, selectors.EVENT_READ, self._worker_event(worker))
         log.debug("forked worker %d gen %d pid %d", wid, generation, worker.pid)

@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from . import titles
@@ -64,7 +65,7 @@ class _Context:
             self.unsent = None
 
 
-_current: _Context | None = None
+_current: Any = None  # a _Context in a worker (immediate mode puts its own stand-in here)
 _reopen_logs = False
 
 
@@ -174,12 +175,35 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def boot(channel: Channel, modules: tuple[str, ...], generation: int, wid: int) -> bool:
-    """Import the task modules; tell the supervisor Ready (or why not) and return success."""
+_boundary_hooks: list[Callable[[], None]] = []
+
+
+def on_task_boundary(hook: Callable[[], None]) -> None:
+    """Call ``hook`` in this worker before and after every task (e.g. Django's
+    close_old_connections, as Django does between requests)."""
+    _boundary_hooks.append(hook)
+
+
+def _run_boundary_hooks() -> None:
+    for hook in _boundary_hooks:
+        hook()
+
+
+def call_import_path(path: str) -> None:
+    """Call ``module:function`` (the post_fork hook)."""
+    module, _, name = path.partition(":")
+    getattr(importlib.import_module(module), name)()
+
+
+def boot(channel: Channel, modules: tuple[str, ...], generation: int, wid: int, post_fork: str | None = None) -> bool:
+    """Run the post_fork hook and import the task modules; tell the supervisor Ready
+    (or why not) and return success."""
     from .protocol import Error
 
     titles.set_title(f"worker {wid} gen {generation} booting")
     try:
+        if post_fork:
+            call_import_path(post_fork)
         for module in modules:
             importlib.import_module(module)
     except BaseException as exc:  # any import failure, including SystemExit, stops the boot
@@ -204,17 +228,22 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
         if not isinstance(msg, Run):
             raise ProtocolError(f"worker got an unexpected {type(msg).__name__} frame")
         titles.set_title(f"worker {wid} gen {generation} busy {msg.name}")
+        _run_boundary_hooks()
         run_one(channel, msg, max_frame, measure_rss)
+        _run_boundary_hooks()
         titles.set_title(idle_title)
 
 
-def worker_main(sock: Any, modules: tuple[str, ...], generation: int, wid: int, max_frame: int, measure_rss: bool) -> int:
+def worker_main(
+    sock: Any, modules: tuple[str, ...], generation: int, wid: int, max_frame: int, measure_rss: bool,
+    post_fork: str | None = None,
+) -> int:
     """Entry point in the forked child; returns the exit code."""
     _install_signals()
     sock.setblocking(True)
     channel = Channel(sock, max_frame)
     try:
-        if not boot(channel, modules, generation, wid):
+        if not boot(channel, modules, generation, wid, post_fork):
             return BOOT_ERROR_EXIT
         serve(channel, max_frame, measure_rss, generation, wid)
     except (Closed, BrokenPipeError, ConnectionError):

@@ -34,3 +34,14 @@ def start_supervisor(tmp_path):
 def supervisor(start_supervisor):
     """A ready supervisor with 2 workers running tests/sample_tasks.py."""
     return start_supervisor("--workers", "2")
+
+
+@pytest.fixture(autouse=True)
+def plain_client_settings(request):
+    """pytest-django sets Django up for the whole session, and the taskpool app points the
+    client at the django store; tests of the core start from plain settings instead."""
+    import taskpool
+
+    if "django" not in request.node.path.parts:
+        taskpool.configure(spool="", socket="", store="", immediate=False)
+    yield

@@ -43,13 +43,15 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0, message: str
 class RunningSupervisor:
     """A ``taskpool-supervisor`` subprocess with a spool under a temp dir."""
 
-    def __init__(self, spool: Path, args: list[str], env: dict | None = None, cwd: Path | None = None) -> None:
+    def __init__(self, spool: Path, args: list[str], env: dict | None = None, cwd: Path | None = None,
+                 store: str | None = None) -> None:
         self.spool = spool
         self.socket = str(spool / "taskpool.sock")
         self.log_path = spool.parent / f"supervisor-{os.getpid()}-{time.monotonic_ns()}.log"
         self.args = args
         self.seen_pids: set[int] = set()
         full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(ROOT)])}
+        full_env.pop("DJANGO_SETTINGS_MODULE", None)  # plain supervisors unless a test asks for Django
         full_env.update(env or {})
         self.log_file = open(self.log_path, "w")  # noqa: SIM115 - closed in cleanup()
         self.proc = subprocess.Popen(
@@ -59,7 +61,8 @@ class RunningSupervisor:
         )
         self.seen_pids.add(self.proc.pid)
         self.client = Client(self.socket, timeout=10.0)
-        self.store = open_store(args[args.index("--store") + 1] if "--store" in args else "sqlite", str(spool))
+        kind = store or (args[args.index("--store") + 1] if "--store" in args else "sqlite")
+        self.store = open_store(kind, str(spool))
 
     @property
     def pid(self) -> int:

@@ -10,7 +10,7 @@ All values are JSON-compatible; no pickle anywhere.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,6 +84,10 @@ class Store(ABC):
     @abstractmethod
     def insert(self, rows: Sequence[TaskRow]) -> None:
         """Write new READY rows in one transaction (all or none)."""
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the rows just inserted are committed (here: at once)."""
+        callback()
 
     @abstractmethod
     def fetch(self, task_id: str) -> TaskRow | None: ...

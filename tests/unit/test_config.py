@@ -158,13 +158,14 @@ SAMPLE_FLAGS = {
     "log_level": ["--log-level", "warning"],
     "store": ["--store", "memory"],
     "retention_days": ["--retention-days", "0.5"],
+    "post_fork": ["--post-fork", "pkg.hooks:setup"],
 }
 EXPECTED = {
     "workers": 3, "spool": "/srv/spool", "socket": "/run/tp.sock", "import_": ("app.tasks", "other.tasks"),
     "socket_mode": 0o660, "socket_group": "www-data", "allow_uid": (1000, 1001), "max_tasks_per_worker": 50,
     "max_memory_per_worker": 512, "graceful_timeout": 12.5, "max_ready": 10, "result_cache": 20,
     "max_frame": 65536, "client_buffer": 131072, "pidfile": "/run/tp.pid", "log_file": "/var/log/tp.log",
-    "log_level": "WARNING", "store": "memory", "retention_days": 0.5,
+    "log_level": "WARNING", "store": "memory", "retention_days": 0.5, "post_fork": "pkg.hooks:setup",
 }
 
 

@@ -1,0 +1,5 @@
+"""Placeholder: the Django Tasks backend is being written."""
+
+
+def register_tasks() -> None:
+    pass

@@ -1,0 +1,194 @@
+"""The ``django`` store: task rows in the project's database, through the ORM.
+
+The same interface as taskpool's sqlite store (taskpool/stores/base.py). ``insert``
+runs in the caller's transaction, so a task exists if and only if the view's
+transaction commits; ``after_commit`` defers the supervisor notification to
+``transaction.on_commit``. Every other method is the recorder's and runs in its
+own transaction. Times are epoch floats in TaskRow and aware UTC datetimes in
+the database. Claims use ``select_for_update(skip_locked=True)`` where the
+database supports it, so supervisors on several hosts can share one database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+
+from django.db import DatabaseError, connection, transaction
+
+from taskpool.errors import StoreError
+from taskpool.protocol import FAILED, READY, RUNNING
+from taskpool.stores.base import MUTABLE, Recovery, Store, SupervisorRecord, TaskRow
+
+log = logging.getLogger("taskpool.store")
+
+TIME_FIELDS = ("run_after", "enqueued_at", "started_at", "finished_at", "last_attempted_at")
+FIELDS = tuple(TaskRow.__dataclass_fields__)
+
+
+def to_datetime(value: float | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value, tz=dt.UTC)
+
+
+def to_epoch(value: dt.datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _model_values(row: TaskRow, names: Sequence[str]) -> dict:
+    return {n: (to_datetime(getattr(row, n)) if n in TIME_FIELDS else getattr(row, n)) for n in names}
+
+
+class DjangoStore(Store):
+    name = "django"
+
+    def __init__(self) -> None:
+        from .models import SupervisorHeartbeat, TaskRecord
+
+        self.records = TaskRecord.objects
+        self.model = TaskRecord
+        self.heartbeats = SupervisorHeartbeat.objects
+
+    @classmethod
+    def open(cls, spool: str) -> DjangoStore:
+        from .runtime import ensure_django
+
+        ensure_django()  # in the recorder, the first thing that needs Django
+        return cls()
+
+    def _row(self, record) -> TaskRow:
+        return TaskRow(**{n: (to_epoch(getattr(record, n)) if n in TIME_FIELDS else getattr(record, n)) for n in FIELDS})
+
+    def _guard(self, what: str, work: Callable):
+        try:
+            return work()
+        except DatabaseError as exc:
+            raise StoreError(f"task table ({connection.vendor} database): {what}: {exc}") from None
+
+    # -- client side -----------------------------------------------------------
+
+    def insert(self, rows: Sequence[TaskRow]) -> None:
+        def work() -> None:
+            with transaction.atomic():  # joins the caller's transaction when there is one
+                self.model.objects.bulk_create([self.model(**_model_values(r, FIELDS)) for r in rows])
+
+        self._guard("insert", work)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the caller's transaction commits (now in autocommit)."""
+        if connection.in_atomic_block:
+            transaction.on_commit(lambda: _logged(callback))
+        else:
+            callback()
+
+    def fetch(self, task_id: str) -> TaskRow | None:
+        record = self._guard("fetch", lambda: self.records.filter(pk=task_id).first())
+        return None if record is None else self._row(record)
+
+    def cancel_ready(self, task_id: str, now: float) -> bool:
+        return self._guard("cancel", lambda: self.records.filter(pk=task_id, status=READY).update(
+            status="CANCELLED", finished_at=to_datetime(now)) == 1)
+
+    # -- recorder side -----------------------------------------------------------
+
+    def record(self, rows: Sequence[TaskRow]) -> None:
+        def work() -> None:
+            with transaction.atomic():
+                by_id = {r.task_id: r for r in rows}
+                present = dict(self.records.filter(pk__in=by_id).values_list("task_id", "status"))
+                new = [self.model(**_model_values(r, FIELDS)) for i, r in by_id.items() if i not in present]
+                self.model.objects.bulk_create(new, ignore_conflicts=True)
+                open_ids = [i for i, status in present.items() if status in (READY, RUNNING)]
+                updates = []
+                for record in self.records.filter(pk__in=open_ids).select_for_update():
+                    for name, value in _model_values(by_id[record.task_id], MUTABLE).items():
+                        setattr(record, name, value)
+                    updates.append(record)
+                self.model.objects.bulk_update(updates, list(MUTABLE))
+
+        self._guard("record", work)
+
+    def claim(self, supervisor_id: str, limit: int, horizon: float) -> list[TaskRow]:
+        def work() -> list[TaskRow]:
+            with transaction.atomic():
+                candidates = self.records.due(horizon).filter(held_by__isnull=True).order_by("-priority", "enqueued_at")
+                if connection.features.has_select_for_update_skip_locked:
+                    candidates = candidates.select_for_update(skip_locked=True)
+                ids = list(candidates.values_list("task_id", flat=True)[:limit])
+                self.records.filter(pk__in=ids, held_by__isnull=True).update(held_by=supervisor_id)
+                claimed = self.records.filter(pk__in=ids, held_by=supervisor_id).order_by("-priority", "enqueued_at")
+                return [self._row(r) for r in claimed]
+
+        return self._guard("claim", work)
+
+    def recover(self, supervisor_id: str, gone: Sequence[str], now: float) -> Recovery:
+        report = Recovery()
+        if not gone:
+            return report
+
+        def work() -> None:
+            with transaction.atomic():
+                self.records.filter(status=READY, held_by__in=gone).update(held_by=None)
+                for record in self.records.filter(status=RUNNING, held_by__in=gone).select_for_update():
+                    record.errors = [*record.errors, {
+                        "type": "taskpool.errors.WorkerLost",
+                        "message": f"supervisor {record.held_by} stopped while the task was running",
+                        "traceback": "",
+                    }]
+                    record.held_by = None
+                    if record.attempts < record.max_attempts:
+                        record.status = READY
+                        report.requeued.append(record.task_id)
+                    else:
+                        record.status, record.finished_at = FAILED, to_datetime(now)
+                        report.failed.append(record.task_id)
+                    record.save(update_fields=["errors", "held_by", "status", "finished_at"])
+
+        self._guard("recover", work)
+        return report
+
+    def release(self, supervisor_id: str) -> int:
+        return self._guard("release", lambda: self.records.filter(status=READY, held_by=supervisor_id).update(held_by=None))
+
+    def holders(self) -> set[str]:
+        found = self.records.filter(status__in=(READY, RUNNING), held_by__isnull=False).values_list("held_by", flat=True)
+        return set(self._guard("holders", lambda: list(found.distinct())))
+
+    def heartbeat(self, record: SupervisorRecord) -> None:
+        self._guard("heartbeat", lambda: self.heartbeats.update_or_create(
+            supervisor_id=record.supervisor_id,
+            defaults={"host": record.host, "pid": record.pid, "started_at": record.started_at,
+                      "heartbeat_at": record.heartbeat_at},
+        ))
+
+    def supervisors(self) -> list[SupervisorRecord]:
+        rows = self._guard("supervisors", lambda: list(self.heartbeats.all()))
+        return [SupervisorRecord(r.supervisor_id, r.host, r.pid, r.started_at, r.heartbeat_at) for r in rows]
+
+    def forget_supervisors(self, ids: Sequence[str]) -> None:
+        self._guard("forget", lambda: self.heartbeats.filter(supervisor_id__in=list(ids)).delete())
+
+    def purge(self, finished_before: float, limit: int) -> int:
+        def work() -> int:
+            ids = list(self.records.finished().filter(finished_at__lt=to_datetime(finished_before))
+                       .values_list("task_id", flat=True)[:limit])
+            return self.records.filter(pk__in=ids).delete()[0]
+
+        return self._guard("purge", work)
+
+    def counts(self) -> dict[str, int]:
+        from django.db.models import Count
+
+        rows = self._guard("counts", lambda: list(self.records.order_by().values("status").annotate(n=Count("pk"))))
+        return {r["status"]: r["n"] for r in rows}
+
+    def close(self) -> None:
+        connection.close()
+
+
+def _logged(callback: Callable[[], None]) -> None:
+    """Deferred notifications must not break the request that committed."""
+    try:
+        callback()
+    except Exception:
+        log.exception("taskpool: notifying the supervisor after commit failed; the task row is stored")

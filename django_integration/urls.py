@@ -1,0 +1,3 @@
+"""URLs of the taskpool app (views are being written)."""
+
+urlpatterns: list = []

@@ -1,0 +1,51 @@
+"""A Django-mode supervisor: workers call django.setup(), the recorder writes through the ORM."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import transaction
+from django_site.testapp import tasks
+from helpers import wait_until
+
+import taskpool
+from django_integration.models import TaskRecord
+
+
+def test_task_runs_and_its_row_is_recorded_in_the_django_database(django_supervisor):
+    handle = taskpool.submit(tasks.add, 2, 3)
+    assert TaskRecord.objects.filter(pk=handle.id).exists()  # written before submit() returned
+    assert handle.result(timeout=15) == 5
+    record = wait_until(lambda: TaskRecord.objects.filter(pk=handle.id, status="SUCCESSFUL").first())
+    assert record.result == 5 and record.attempts == 1 and record.finished_at is not None
+
+
+def test_workers_use_the_orm(django_supervisor):
+    assert taskpool.submit(tasks.count_records).result(timeout=15) >= 1
+
+
+def test_rolled_back_transaction_leaves_no_task_and_runs_nothing(django_supervisor):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        handle = taskpool.submit(tasks.add, 1, 1)
+        assert TaskRecord.objects.filter(pk=handle.id).exists()  # visible inside the transaction
+        raise RuntimeError("the view failed")
+    assert not TaskRecord.objects.filter(pk=handle.id).exists()
+    later = taskpool.submit(tasks.add, 2, 2)
+    assert later.result(timeout=15) == 4
+    with pytest.raises(taskpool.TaskNotFound):
+        handle.refresh()
+    assert django_supervisor.stats()["counters"]["submitted"] == 1
+
+
+def test_committed_transaction_notifies_the_supervisor_on_commit(django_supervisor):
+    with transaction.atomic():
+        handle = taskpool.submit(tasks.add, 20, 22)
+        assert django_supervisor.stats()["counters"]["submitted"] == 0  # not told before commit
+    assert handle.result(timeout=15) == 42
+
+
+def test_progress_is_recorded_in_the_row(django_supervisor):
+    handle = taskpool.submit(tasks.report, 20, 0.05)
+    wait_until(lambda: (TaskRecord.objects.get(pk=handle.id).progress or 0) > 0, timeout=15, message="progress row")
+    assert handle.result(timeout=15) == {"steps": 20}
+    record = wait_until(lambda: TaskRecord.objects.filter(pk=handle.id, status="SUCCESSFUL").first())
+    assert record.progress == 100.0
