@@ -43,6 +43,7 @@ class Supervisor:
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+        env.pop("DJANGO_SETTINGS_MODULE", None)  # a plain supervisor with the sqlite store
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "taskpool", "--spool", str(self.spool), "--workers", str(self.workers),

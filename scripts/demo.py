@@ -24,6 +24,7 @@ from taskpool.protocol import FINAL_STATUSES  # noqa: E402
 
 def start_supervisor(spool: Path, workers: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # a plain supervisor with the sqlite store
     cmd = [sys.executable, "-m", "taskpool", "--workers", str(workers), "--spool", str(spool), "--import", "demo_tasks"]
     print("$", " ".join(cmd[2:]).replace("-m taskpool", "taskpool-supervisor"), flush=True)
     return subprocess.Popen(cmd, env=env, start_new_session=True)

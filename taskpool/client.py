@@ -283,19 +283,20 @@ def submit_many(calls: Iterable[tuple], client: Client | None = None, store: Sto
         if not store.durable:
             raise
         up = False
+    data = client.encode(msgs)  # a frame too large fails here, before a row is written
     if store.durable:
         store.insert([row_of(m) for m in msgs])
-    store.after_commit(lambda: _notify(client, msgs, up))
+    store.after_commit(lambda: _notify(client, msgs, up, data))
     return [TaskHandle(m.task_id, m.name, client, store) for m in msgs]
 
 
-def _notify(client: Client, msgs: list[Submit], up: bool) -> None:
+def _notify(client: Client, msgs: list[Submit], up: bool, data: bytes) -> None:
     """Tell the supervisor (once the rows are committed); a durable row waits if it is down."""
     if not up:
         log.warning("no supervisor at %s; %d task(s) stored, to run when one starts", client.path, len(msgs))
         return
     try:
-        replies = client.exchange(msgs)
+        replies = client.exchange(msgs, data=data)
     except SupervisorUnavailable as exc:
         log.warning("%s; %d task(s) stored, to run when a supervisor starts", exc, len(msgs))
         return

@@ -86,15 +86,20 @@ class Client:
             channel.close()
         self._local.channel = None
 
-    def exchange(self, msgs: Sequence[Message], wait: float = 0.0) -> list[Message]:
-        """Send requests in one write and read one reply each (Error replies included)."""
+    def encode(self, msgs: Sequence[Message]) -> bytes:
+        """The requests as one write; InvalidArguments if one would exceed the frame limit."""
         frames = [encode(m) for m in msgs]
         for msg, frame in zip(msgs, frames, strict=True):
             if len(frame) - 4 > self.max_frame:
                 raise InvalidArguments(
                     f"{type(msg).__name__} is {len(frame) - 4} bytes encoded, over the {self.max_frame}-byte frame limit"
                 )
-        data = b"".join(frames)
+        return b"".join(frames)
+
+    def exchange(self, msgs: Sequence[Message], wait: float = 0.0, data: bytes | None = None) -> list[Message]:
+        """Send requests in one write and read one reply each (Error replies included).
+        ``data``: the requests already encoded by ``encode``."""
+        data = self.encode(msgs) if data is None else data
         for attempt in (1, 2):
             channel = self._channel()
             try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any, ClassVar
@@ -277,6 +277,17 @@ def encode(msg: Message) -> bytes:
     except (OverflowError, ValueError, TypeError) as exc:
         raise InvalidArguments(f"cannot encode {type(msg).__name__}: {exc}") from None
     return HEADER.pack(len(payload)) + payload
+
+
+def encode_chunks(make: Callable[[list], Message], items: list, limit: int) -> list[tuple[list, bytes]]:
+    """(items, frame) pairs: ``items`` split over as many messages as keep each frame
+    under ``limit``. For the supervisor-recorder channel, where a batch of rows can
+    outgrow one frame."""
+    frame = encode(make(items))
+    if len(frame) - 4 <= limit or len(items) <= 1:
+        return [(items, frame)]
+    half = len(items) // 2
+    return encode_chunks(make, items[:half], limit) + encode_chunks(make, items[half:], limit)
 
 
 def check_json_compatible(value: Any, where: str = "value", depth: int = 0) -> None:

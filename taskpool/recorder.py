@@ -33,12 +33,14 @@ from dataclasses import dataclass
 
 from . import titles
 from .errors import StoreError
-from .protocol import Adopt, Pull, Record, Recorded
+from .protocol import Adopt, Error, Pull, Record, Recorded, encode_chunks
 from .stores import Store, SupervisorRecord, TaskRow, open_store
 from .transport import Channel, Closed
 
 log = logging.getLogger("taskpool.recorder")
 
+BOOT_ERROR_EXIT = 3
+PURGE_BUDGET = 0.2  # seconds of deleting per housekeeping pass
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TIMEOUT = 30.0  # a holder without a lock file is gone after this long silent
 PURGE_BATCH = 500
@@ -89,6 +91,7 @@ class RecorderSettings:
 class Recorder:
     def __init__(self, channel: Channel, store: Store, settings: RecorderSettings) -> None:
         self.channel = channel
+        self.frame_limit = channel.decoder.max_frame
         self.store = store
         self.settings = settings
         self.next_heartbeat = 0.0
@@ -106,9 +109,17 @@ class Recorder:
                 self._persist(lambda rows=rows: self.store.record(rows))
                 self.channel.send(Recorded(msg.seq))
             elif isinstance(msg, Pull):
-                self.channel.send(self.sweep(msg.limit, msg.horizon, msg.release_mine))
+                self.answer_pull(self.sweep(msg.limit, msg.horizon, msg.release_mine))
             if time.monotonic() >= self.next_heartbeat:
                 self.housekeeping()
+            reopen_logs_if_asked()
+
+    def answer_pull(self, adopt: Adopt) -> None:
+        """Send the adopted rows in as many frames as they need; the last one says so."""
+        parts = encode_chunks(lambda rows: Adopt(rows, {**adopt.report, "last": False}), adopt.rows, self.frame_limit)
+        for _rows, frame in parts[:-1]:
+            self.channel.send_bytes(frame)
+        self.channel.send(Adopt(parts[-1][0], {**adopt.report, "last": True}))
 
     def _persist(self, write) -> object:
         """Run a store write until it succeeds; a recorder never drops what it was told."""
@@ -128,9 +139,24 @@ class Recorder:
         s = self.settings
         try:
             self.store.heartbeat(SupervisorRecord(s.supervisor_id, socket.gethostname(), os.getppid(), s.started_at, now))
-            self.store.purge(now - s.retention, PURGE_BATCH)
+            budget = time.monotonic() + PURGE_BUDGET
+            while self.store.purge(now - s.retention, PURGE_BATCH) == PURGE_BATCH and time.monotonic() < budget:
+                pass
+            self._forget_locks(self.stale_locks())
         except StoreError as exc:
             log.error("housekeeping failed: %s", exc)
+
+    def stale_locks(self) -> list[str]:
+        """Supervisors of this spool whose lock is free (stopped or dead), holding nothing."""
+        directory = os.path.join(self.settings.spool, "locks")
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        holders = self.store.holders()
+        ids = (n.removesuffix(".lock") for n in names if n.endswith(".lock"))
+        return [i for i in ids if i != self.settings.supervisor_id and i not in holders
+                and lock_is_free(self.settings.spool, i)]
 
     def gone_holders(self, now: float) -> list[str]:
         """Supervisors holding rows that are certainly gone (lock free) or silent too long."""
@@ -170,17 +196,41 @@ class Recorder:
                 pass
 
 
+_reopen_logs = False
+
+
+def _ask_reopen(signum: int, frame: object) -> None:
+    global _reopen_logs
+    _reopen_logs = True
+
+
+def reopen_logs_if_asked() -> None:
+    global _reopen_logs
+    if _reopen_logs:
+        _reopen_logs = False
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()  # FileHandler reopens on the next record
+
+
 def recorder_main(sock: socket.socket, settings: RecorderSettings) -> int:
-    """Entry point in the forked child; returns the exit code."""
+    """Entry point in the forked child; returns the exit code (3: the store cannot be opened)."""
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, lambda signum, frame: None)  # the supervisor decides when we stop
+    signal.signal(signal.SIGUSR1, _ask_reopen)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     titles.set_title(f"recorder {settings.store} {settings.spool}")
     sock.setblocking(True)
     channel = Channel(sock, max(64 * 1024 * 1024, settings.max_frame * 16))
     try:
-        store = open_store(settings.store, settings.spool)
+        try:
+            store = open_store(settings.store, settings.spool)
+        except Exception as exc:  # any failure to open the store is reported, not retried here
+            detail = "".join(traceback.format_exception_only(exc)).strip()
+            channel.send(Error("boot_failed", f"the recorder cannot open the {settings.store} store: {detail}", None))
+            return BOOT_ERROR_EXIT
+        channel.send(Recorded(0))  # ready
         Recorder(channel, store, settings).serve()
     except (Closed, BrokenPipeError, ConnectionError):
         return 0

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from .children import describe_exit, fork_child, kill
 from .ledger import TaskState
-from .protocol import Adopt, Message, Pull, Record, Recorded
+from .protocol import Adopt, Error, Message, Pull, Record, Recorded, encode, encode_chunks
 from .recorder import RecorderSettings, recorder_main
 from .stores.base import TaskRow
 from .transport import Closed, FramedConnection
@@ -67,12 +67,18 @@ class RecorderLink:
         self.restarts = 0
         self.next_spawn_at = 0.0
         self.closing = False
+        self.abandoned = False  # a stop gave up waiting for it: never fork it again
+        self.ready = False  # this recorder process opened the store
+        self.ever_ready = False
+        self.boot_error: str | None = None
 
     # -- process -------------------------------------------------------------
 
     def spawn(self, now: float) -> None:
         pid, parent_end = fork_child(lambda sock: recorder_main(sock, self.settings), self._close_in_child)
         self.pid = pid
+        self.ready = False
+        self.boot_error = None
         limit = max(INTERNAL_FRAME, self.settings.max_frame * 16)
         self.conn = FramedConnection(parent_end, limit, 1 << 31)
         self._register(self.conn, self._on_readable)
@@ -80,7 +86,9 @@ class RecorderLink:
 
     def exited(self, status: int, now: float) -> None:
         """The recorder died: its unacknowledged batches go back to pending."""
-        if not self.closing:
+        if not self.ready and self.boot_error:
+            log.error("%s", self.boot_error)
+        if not self.closing or self.pending or self.in_flight:
             log.warning("recorder (pid %s) %s; forking a new one", self.pid, describe_exit(status))
             self.restarts += 1
             delay = RESPAWN_DELAYS[min(self.restarts - 1, len(RESPAWN_DELAYS) - 1)]
@@ -115,7 +123,9 @@ class RecorderLink:
         self.pending[task.task_id] = snapshot(task, self.settings.supervisor_id)
 
     def tick(self, now: float) -> None:
-        if self.pid is None and not self.closing and now >= self.next_spawn_at:
+        unwritten = bool(self.pending or self.in_flight)
+        wanted = not self.closing or (unwritten and not self.abandoned)
+        if self.pid is None and wanted and now >= self.next_spawn_at:
             self.spawn(now)
         self.flush(now)
         if self.closing:
@@ -126,9 +136,12 @@ class RecorderLink:
             batch = []
             for task_id in list(self.pending)[:MAX_BATCH]:
                 batch.append(self.pending.pop(task_id))
-            self.seq += 1
-            self.in_flight[self.seq] = (now, batch)
-            self.conn.send(Record(self.seq, batch))
+            next_seq = self.seq + 1
+            parts = encode_chunks(lambda rows, seq=next_seq: Record(seq, rows), batch, self.conn.decoder.max_frame)
+            for rows, frame in parts:  # each part is its own batch, acknowledged on its own
+                self.seq += 1
+                self.in_flight[self.seq] = (now, rows)
+                self.conn.send_bytes(frame if len(parts) == 1 else encode(Record(self.seq, rows)))
             self._flush_conn()
 
     def pull(self, limit: int, horizon: float, now: float) -> bool:
@@ -159,10 +172,14 @@ class RecorderLink:
 
     def _handle(self, msg: Message, now: float) -> None:
         if isinstance(msg, Recorded):
+            self.ready = self.ever_ready = True
             for seq in [s for s in self.in_flight if s <= msg.seq]:
                 del self.in_flight[seq]
+        elif isinstance(msg, Error) and msg.code == "boot_failed":
+            self.boot_error = msg.message
         elif isinstance(msg, Adopt):
-            self.pull_sent_at = None
+            if msg.report.get("last", True):
+                self.pull_sent_at = None
             self._on_adopt(msg, now)
 
     # -- health --------------------------------------------------------------

@@ -167,7 +167,7 @@ class Scheduler:
             self.ledger.fail(task, error)
 
     def _retry_or_fail(self, task: TaskState, error: dict, delay: float, now: float) -> None:
-        if task.attempts < task.max_attempts and self.accepting:
+        if task.attempts < task.max_attempts:  # while stopping too: the store keeps it for the next start
             self.ledger.retry(task, error, run_after=time.time() + delay if delay > 0 else None)
             self.enqueue(task, now)
         else:

@@ -279,6 +279,8 @@ class Supervisor:
                 handler.close()  # reopened on the next record
         for worker in self.workers:
             kill(worker.pid, signal.SIGUSR1)
+        if self.recorder is not None and self.recorder.pid is not None:
+            kill(self.recorder.pid, signal.SIGUSR1)
         log.info("SIGUSR1: log files reopened")
 
     # -- stop and reload -----------------------------------------------------
@@ -309,14 +311,20 @@ class Supervisor:
     def _finish_stop(self, now: float) -> None:
         """Workers are gone: let the recorder write what is pending, then stop."""
         recorder = self.recorder
-        if recorder is None or recorder.pid is None:
+        if recorder is None:
             self.phase = "stopped"
             return
         if self.drain_deadline is None:
             self.drain_deadline = now + RECORDER_DRAIN
             recorder.stop()
-        elif now >= self.drain_deadline:
+        unwritten = len(recorder.pending) + sum(len(rows) for _, rows in recorder.in_flight.values())
+        if recorder.pid is None and (not unwritten or recorder.abandoned):
+            if unwritten:
+                log.error("%d status update(s) not written; those tasks are recovered at the next start", unwritten)
+            self.phase = "stopped"
+        elif now >= self.drain_deadline and not recorder.abandoned:
             log.error("the recorder did not finish writing in %.0fs; stopping it", RECORDER_DRAIN)
+            recorder.abandoned = True
             recorder.kill()
 
     def wait_for_children(self) -> None:
@@ -434,6 +442,8 @@ class Supervisor:
                 self._on_exit(worker, status, now)
             elif self.recorder is not None and pid == self.recorder.pid:
                 self.recorder.exited(status, now)
+                if self.recorder.boot_error and not self.recorder.ever_ready:
+                    raise SupervisorExit(BOOT_FAILURE_EXIT, f"cannot start: {self.recorder.boot_error}")
 
     def _on_exit(self, worker: WorkerProc, status: int, now: float) -> None:
         how = describe_exit(status)

@@ -19,6 +19,7 @@ import asyncio
 import importlib
 import inspect
 import logging
+import math
 import os
 import signal
 import sys
@@ -44,9 +45,10 @@ log = logging.getLogger("taskpool.worker")
 class _Context:
     """The task in hand, for ``taskpool.progress``; None outside a worker."""
 
-    def __init__(self, channel: Channel, task_id: str) -> None:
+    def __init__(self, channel: Channel, task_id: str, attempt: int = 1) -> None:
         self.channel = channel
         self.task_id = task_id
+        self.attempt = attempt  # 1 on the first run (the Django backend's TaskContext.attempt)
         self.last_sent = 0.0
         self.unsent: tuple[float, str | None] | None = None
 
@@ -103,8 +105,19 @@ def _reopen_log_files() -> None:
             handler.close()  # FileHandler reopens on the next record
 
 
+class RecordedFailure(Exception):
+    """Raised by a task wrapper that has described its failure itself (the Django backend,
+    for a task's SystemExit or KeyboardInterrupt): ``error`` is recorded as it is."""
+
+    def __init__(self, error: dict) -> None:
+        super().__init__(error.get("message", ""))
+        self.error = error
+
+
 def error_of(exc: BaseException) -> dict:
     """The error dict recorded for an exception; never raises, even for odd exceptions."""
+    if isinstance(exc, RecordedFailure):
+        return exc.error
     kind = type(exc)
     try:
         message = str(exc)
@@ -127,7 +140,10 @@ def _retry_delay(msg: Run, exc: Exception) -> float | None:
         return None
     opts = task.options
     if isinstance(exc, Retry):
-        return exc.delay if exc.delay is not None else backoff_delay(msg.attempt, opts.retry_backoff, opts.retry_backoff_max)
+        delay = exc.delay
+        if isinstance(delay, (int, float)) and not isinstance(delay, bool) and 0 <= delay < math.inf:
+            return float(delay)
+        return backoff_delay(msg.attempt, opts.retry_backoff, opts.retry_backoff_max)
     if opts.retry_for and isinstance(exc, opts.retry_for):
         return backoff_delay(msg.attempt, opts.retry_backoff, opts.retry_backoff_max)
     return None
@@ -146,7 +162,7 @@ def _call(name: str, args: list, kwargs: dict) -> Any:
 def run_one(channel: Channel, msg: Run, max_frame: int, measure_rss: bool) -> None:
     """Run one task and send its Done frame. Task failures never escape."""
     global _current
-    _current = _Context(channel, msg.task_id)
+    _current = _Context(channel, msg.task_id, msg.attempt)
     ok, result, error, retry_in = True, None, None, None
     try:
         result = _call(msg.name, msg.args, msg.kwargs)

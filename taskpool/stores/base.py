@@ -18,6 +18,7 @@ from ..protocol import CANCELLED, READY
 
 #: Columns that change after insert; an update carries all of them (latest wins).
 MUTABLE = (
+    "priority", "queue", "max_attempts", "timeout",  # resolved by the supervisor from the task's defaults
     "status", "attempts", "run_after", "started_at", "finished_at", "last_attempted_at",
     "worker_ids", "progress", "progress_message", "result", "errors", "held_by",
 )

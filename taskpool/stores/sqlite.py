@@ -102,9 +102,13 @@ class SqliteStore(Store):
 
     @classmethod
     def open(cls, spool: str) -> SqliteStore:
+        from ..errors import ConfigError
         from ..transport import ensure_private_dir
 
-        ensure_private_dir(spool)
+        try:
+            ensure_private_dir(spool)
+        except (OSError, ConfigError) as exc:
+            raise StoreError(f"cannot use the spool directory {spool}: {exc}") from None
         return cls(os.path.join(spool, FILENAME))
 
     # -- connections -----------------------------------------------------------
