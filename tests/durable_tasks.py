@@ -88,3 +88,14 @@ def touch(path):
 @taskpool.task
 def quick(value):
     return value
+
+
+@taskpool.task(max_attempts=3)
+def retry_with_bad_delay(path):
+    """Asks for a retry with a delay that is not a number of seconds, once."""
+    import os
+
+    if not os.path.exists(path):
+        open(path, "w").close()
+        raise taskpool.Retry(delay=float("nan"))
+    return "second attempt"

@@ -61,8 +61,15 @@ class RunningSupervisor:
         )
         self.seen_pids.add(self.proc.pid)
         self.client = Client(self.socket, timeout=10.0)
-        kind = store or (args[args.index("--store") + 1] if "--store" in args else "sqlite")
-        self.store = open_store(kind, str(spool))
+        self.store_kind = store or (args[args.index("--store") + 1] if "--store" in args else "sqlite")
+        self._store = None
+
+    @property
+    def store(self):
+        """The store this supervisor writes to, opened from the test process when first used."""
+        if self._store is None:
+            self._store = open_store(self.store_kind, str(self.spool))
+        return self._store
 
     @property
     def pid(self) -> int:
