@@ -25,6 +25,11 @@ class Command(BaseCommand):
         flags = argv[2:]
         if flags[:1] in (["-h"], ["--help"]):
             flags = ["--help"]
+        # `python -m taskpool` puts the working directory first on sys.path, not manage.py's
+        # folder: carry that folder over so the settings module still imports.
+        project_dir = sys.path[0] or os.getcwd()
+        paths = [project_dir, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         os.execv(sys.executable, [sys.executable, "-m", "taskpool", *flags])
 
     def handle(self, *args, **options) -> None:  # pragma: no cover - run_from_argv execs first
