@@ -54,6 +54,12 @@ def run_inline(msg: Submit, row: TaskRow, store: Store) -> TaskInfo:
     except Exception as exc:  # the task's failure is recorded, as a worker would
         row.status, row.result = FAILED, None
         row.errors = [*row.errors, worker.error_of(exc)]
+    except SystemExit as exc:
+        row.status, row.result = FAILED, None
+        row.errors = [*row.errors, worker.error_of(RuntimeError(f"task called sys.exit({exc.code})"))]
+    except KeyboardInterrupt as exc:
+        row.status, row.result = FAILED, None
+        row.errors = [*row.errors, worker.error_of(exc)]
     finally:
         worker._current = previous
     row.finished_at = time.time()

@@ -48,7 +48,8 @@ class TaskState:
     errors: list = field(default_factory=list)
     worker_pids: list = field(default_factory=list)
     enqueued_at: float = 0.0
-    started_at: float | None = None
+    started_at: float | None = None  # the first attempt's start
+    last_attempted_at: float | None = None
     finished_at: float | None = None
 
     @property
@@ -125,7 +126,7 @@ class Ledger:
         task = TaskState(
             row.task_id, row.name, row.args, row.kwargs, row.priority, row.run_after, row.max_attempts,
             row.timeout, row.queue, attempts=row.attempts, errors=list(row.errors),
-            worker_pids=list(row.worker_ids), enqueued_at=row.enqueued_at,
+            worker_pids=list(row.worker_ids), enqueued_at=row.enqueued_at, started_at=row.started_at,
         )
         self.active[task.task_id] = task
         self.counters["adopted"] += 1
@@ -135,7 +136,9 @@ class Ledger:
     def start(self, task: TaskState, worker_pid: int) -> None:
         task.status = RUNNING
         task.attempts += 1
-        task.started_at = time.time()
+        task.last_attempted_at = time.time()
+        if task.started_at is None:
+            task.started_at = task.last_attempted_at
         task.worker_pids.append(worker_pid)
         self._tell(task, "started")
 
@@ -157,6 +160,8 @@ class Ledger:
         the attempt is given back."""
         task.status = READY
         task.attempts = max(0, task.attempts - 1)
+        if task.worker_pids:
+            task.worker_pids.pop()  # the interrupted run does not count (attempts == len(worker_ids))
         task.progress_message = why
         self._tell(task, "interrupted")
 

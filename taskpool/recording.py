@@ -36,7 +36,7 @@ def snapshot(task: TaskState, holder: str) -> dict:
     return TaskRow(
         task.task_id, task.name, task.args, task.kwargs, task.queue, task.priority, task.run_after,
         task.timeout, task.max_attempts, task.status, task.attempts, task.enqueued_at, task.started_at,
-        task.finished_at, task.started_at, list(task.worker_pids), task.progress, task.progress_message,
+        task.finished_at, task.last_attempted_at, list(task.worker_pids), task.progress, task.progress_message,
         task.result, list(task.errors), holder,
     ).as_dict()
 

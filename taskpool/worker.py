@@ -173,6 +173,8 @@ def run_one(channel: Channel, msg: Run, max_frame: int, measure_rss: bool) -> No
         ok, error, retry_in = False, error_of(exc), _retry_delay(msg, exc)
     except SystemExit as exc:
         ok, error = False, error_of(RuntimeError(f"task called sys.exit({exc.code})"))
+    except KeyboardInterrupt as exc:  # raised by the task itself: a failure, not a reason to die
+        ok, error = False, error_of(exc)
     finally:
         _current.flush()
         _current = None
