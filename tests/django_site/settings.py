@@ -6,6 +6,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RUN_DIR = Path(os.environ.get("TASKPOOL_TEST_DIR", HERE / ".run"))
+RUN_DIR.mkdir(parents=True, exist_ok=True)  # not in git: made on first use
 
 SECRET_KEY = "tests-only"
 DEBUG = True
