@@ -19,7 +19,7 @@ from taskpool.protocol import StatsRequest
 
 
 def cli_env(extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPOOL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPOOL_") and k != "DJANGO_SETTINGS_MODULE"}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(ROOT)])
     env.update(extra or {})
     return env

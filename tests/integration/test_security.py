@@ -283,6 +283,7 @@ def test_spool_that_is_a_symlink_refuses_to_start(tmp_path):
     spool = tmp_path / "spool"
     spool.symlink_to(real)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(ROOT)])}
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # a plain supervisor
     done = subprocess.run(  # killed and reaped by run() if it overruns
         [sys.executable, "-m", "taskpool", "--spool", str(spool), "--import", "sample_tasks", "--workers", "1"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=20,
