@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from django.db import DatabaseError, connection, transaction
 
 from taskpool.errors import StoreError
-from taskpool.protocol import FAILED, READY, RUNNING
-from taskpool.stores.base import MUTABLE, Recovery, Store, SupervisorRecord, TaskRow
+from taskpool.protocol import READY, RUNNING
+from taskpool.stores.base import MUTABLE, Recovery, Store, SupervisorRecord, TaskRow, orphan
 
 log = logging.getLogger("taskpool.store")
 
@@ -130,18 +130,7 @@ class DjangoStore(Store):
             with transaction.atomic():
                 self.records.filter(status=READY, held_by__in=gone).update(held_by=None)
                 for record in self.records.filter(status=RUNNING, held_by__in=gone).select_for_update():
-                    record.errors = [*record.errors, {
-                        "type": "taskpool.errors.WorkerLost",
-                        "message": f"supervisor {record.held_by} stopped while the task was running",
-                        "traceback": "",
-                    }]
-                    record.held_by = None
-                    if record.attempts < record.max_attempts:
-                        record.status = READY
-                        report.requeued.append(record.task_id)
-                    else:
-                        record.status, record.finished_at = FAILED, to_datetime(now)
-                        report.failed.append(record.task_id)
+                    (report.requeued if orphan(record, to_datetime(now)) else report.failed).append(record.task_id)
                     record.save(update_fields=["errors", "held_by", "status", "finished_at"])
 
         self._guard("recover", work)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..protocol import CANCELLED, READY
+from ..protocol import CANCELLED, FAILED, READY
 
 #: Columns that change after insert; an update carries all of them (latest wins).
 MUTABLE = (
@@ -67,6 +67,22 @@ class Recovery:
 
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+
+
+def orphan(record: Any, finished_at: Any) -> bool:
+    """Settle a RUNNING row whose supervisor is gone (a TaskRow or a model instance):
+    another attempt if it has one left (True), else FAILED. The error names the supervisor."""
+    record.errors = [*record.errors, {
+        "type": "taskpool.errors.WorkerLost",
+        "message": f"supervisor {record.held_by} stopped while the task was running",
+        "traceback": "",
+    }]
+    record.held_by = None
+    if record.attempts < record.max_attempts:
+        record.status = READY
+        return True
+    record.status, record.finished_at = FAILED, finished_at
+    return False
 
 
 class Store(ABC):

@@ -19,8 +19,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from ..errors import StoreError
-from ..protocol import FAILED, READY, RUNNING
-from .base import MUTABLE, Recovery, Store, SupervisorRecord, TaskRow
+from ..protocol import READY, RUNNING
+from .base import MUTABLE, Recovery, Store, SupervisorRecord, TaskRow, orphan
 
 FILENAME = "taskpool.sqlite3"
 BUSY_TIMEOUT_MS = 5000
@@ -208,18 +208,7 @@ class SqliteStore(Store):
             running = db.execute(f"SELECT * FROM taskpool_task WHERE status = '{RUNNING}' AND held_by IN ({marks})", gone)
             updates = []
             for row in map(_from_record, running.fetchall()):
-                row.errors.append({
-                    "type": "taskpool.errors.WorkerLost",
-                    "message": f"supervisor {row.held_by} stopped while the task was running",
-                    "traceback": "",
-                })
-                row.held_by = None
-                if row.attempts < row.max_attempts:
-                    row.status = READY
-                    report.requeued.append(row.task_id)
-                else:
-                    row.status, row.finished_at = FAILED, now
-                    report.failed.append(row.task_id)
+                (report.requeued if orphan(row, now) else report.failed).append(row.task_id)
                 updates.append((row.status, row.finished_at, _dumps(row.errors), row.task_id))
             db.executemany(
                 "UPDATE taskpool_task SET status = ?, finished_at = ?, errors = ?, held_by = NULL WHERE task_id = ?",
