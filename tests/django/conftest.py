@@ -28,17 +28,27 @@ def taskpool_settings(settings, django_spool):
     taskpool.configure(spool="", socket="", store="", immediate=False)
 
 
-@pytest.fixture
-def django_supervisor(transactional_db, taskpool_settings, django_spool):
-    """A `taskpool-supervisor --workers 2` in Django mode on the test database."""
+def start_django_supervisor(spool: Path) -> RunningSupervisor:
+    """A ready `taskpool-supervisor --workers 2` in Django mode on the test database."""
     env = {
         "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"],
         "TASKPOOL_TEST_DB": str(settings.DATABASES["default"]["NAME"]),
-        "TASKPOOL_SPOOL": str(django_spool),
+        "TASKPOOL_SPOOL": str(spool),
     }
-    sup = RunningSupervisor(django_spool, ["--workers", "2", "--graceful-timeout", "5"], env=env, store="django")
+    sup = RunningSupervisor(spool, ["--workers", "2", "--graceful-timeout", "5"],
+                            env=env, store="django")
     try:
         sup.wait_ready()
+    except BaseException:
+        sup.cleanup()
+        raise
+    return sup
+
+
+@pytest.fixture
+def django_supervisor(transactional_db, taskpool_settings, django_spool):
+    sup = start_django_supervisor(django_spool)
+    try:
         yield sup
     finally:
         sup.cleanup()

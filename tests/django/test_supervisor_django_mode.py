@@ -49,3 +49,28 @@ def test_progress_is_recorded_in_the_row(django_supervisor):
     assert handle.result(timeout=15) == {"steps": 20}
     record = wait_until(lambda: TaskRecord.objects.filter(pk=handle.id, status="SUCCESSFUL").first())
     assert record.progress == 100.0
+
+
+def test_sigkill_of_the_whole_tree_is_recovered_from_the_django_table(django_supervisor, django_spool, tmp_path):
+    import os
+    import signal
+
+    from conftest import start_django_supervisor
+    from helpers import pid_gone
+
+    gate = tmp_path / "gate"
+    running = taskpool.submit(tasks.wait_for_file, str(gate))
+    waiting = taskpool.submit(tasks.add, 5, 6)
+    wait_until(lambda: TaskRecord.objects.filter(pk=running.id, status="RUNNING").exists(), timeout=15)
+    pids = [django_supervisor.pid, *django_supervisor.children()]
+    os.killpg(django_supervisor.pid, signal.SIGKILL)
+    wait_until(lambda: all(pid_gone(p) for p in pids), message="the whole tree gone")
+    gate.touch()
+    again = start_django_supervisor(django_spool)
+    try:
+        assert running.result(timeout=20) == "released" and waiting.result(timeout=20) == 11
+        record = wait_until(lambda: TaskRecord.objects.filter(pk=running.id, status="SUCCESSFUL").first(), timeout=15)
+        assert record.attempts == 2
+        assert record.errors[0]["type"] == "taskpool.errors.WorkerLost"
+    finally:
+        again.cleanup()

@@ -24,3 +24,15 @@ def report(steps, delay=0.05):
         taskpool.progress(100 * i / steps, f"step {i + 1} of {steps}")
         time.sleep(delay)
     return {"steps": steps}
+
+
+@taskpool.task
+def wait_for_file(path, timeout=30):
+    import os
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.01)
+    return "released"
