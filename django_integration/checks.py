@@ -29,6 +29,11 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                     environ={})
     except ConfigError as exc:
         problems.append(checks.Error(f"TASKPOOL: {exc}", id="taskpool.E004"))
+    if raw.get("STORE", "django") != "django":
+        problems.append(checks.Warning(
+            f"TASKPOOL['STORE'] is {raw['STORE']!r}: submit() is then not part of the view's database "
+            "transaction (a rolled-back view's task still runs)",
+            hint="Use the default 'django' store for transactional submit.", id="taskpool.W002"))
     if "SPOOL" not in raw and "SOCKET" not in raw:
         problems.append(checks.Warning(
             "TASKPOOL does not set SPOOL; the supervisor's socket is looked for in ./spool relative to the "

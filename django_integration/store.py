@@ -85,8 +85,8 @@ class DjangoStore(Store):
         record = self._guard("fetch", lambda: self.records.filter(pk=task_id).first())
         return None if record is None else self._row(record)
 
-    def cancel_ready(self, task_id: str, now: float) -> bool:
-        return self._guard("cancel", lambda: self.records.filter(pk=task_id, status=READY).update(
+    def cancel_ready(self, task_id: str, now: float, held_by: str | None) -> bool:
+        return self._guard("cancel", lambda: self.records.filter(pk=task_id, status=READY, held_by=held_by).update(
             status="CANCELLED", finished_at=to_datetime(now)) == 1)
 
     # -- recorder side -----------------------------------------------------------

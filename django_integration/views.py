@@ -142,6 +142,11 @@ def health_problems(stats: dict | None, unreachable: str | None = None, *, max_r
         if lag > max_recorder_lag:
             problems.append(f"recorder stuck: its oldest unwritten batch has waited {lag:.1f}s "
                             f"(limit {max_recorder_lag:g}s); {recorder.get('pending', 0)} task state(s) pending")
+        sweep_age = recorder.get("last_pull_age") or 0.0
+        if sweep_age > max_recorder_lag:
+            problems.append(f"recorder stuck: a store sweep has been under way for {sweep_age:.1f}s "
+                            f"(limit {max_recorder_lag:g}s)")
+        recorder_down_for = max(recorder_down_for, recorder.get("down_for") or 0.0)
         if recorder.get("pid") is None and recorder_down_for > recorder_down_after:
             problems.append(f"recorder down: no recorder process for {recorder_down_for:.0f}s "
                             f"(limit {recorder_down_after:g}s; {recorder.get('restarts', 0)} restart(s))")

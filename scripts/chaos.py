@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,7 +194,9 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(result, indent=2))
     ok = result["lost"] == 0 and result["wrong_status"] == 0 and result["successful_not_run"] == 0
     ok = ok and result["runs_after_final"] == 0
-    print("OK: nothing lost" if ok else "FAILED: see the figures above")
+    print("OK: nothing lost" if ok else f"FAILED: see the figures above; the run is kept in {work}")
+    if ok:
+        shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
 
 

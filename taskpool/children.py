@@ -8,6 +8,7 @@ that EOF on a channel reliably means that worker is gone.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import signal
@@ -76,10 +77,12 @@ def fork_child(main: Callable[[socket.socket], int], close_in_child: Callable[[]
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            die_with_parent(parent)
             parent_end.close()
             close_in_child()
             code = main(child_end)
@@ -89,6 +92,24 @@ def fork_child(main: Callable[[socket.socket], int], close_in_child: Callable[[]
             os._exit(code)
     child_end.close()
     return pid, parent_end
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this child the moment its supervisor dies, however it dies (Linux).
+
+    An orphaned worker would keep the supervisor's spool lock (so its rows could not be
+    recovered) and run its task past any timeout, since nobody enforces it any more. The
+    task it was running is re-run by the next supervisor, as for any lost worker."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: orphans exit when they next read from their channel
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os._exit(1)
 
 
 def reap() -> list[tuple[int, int]]:

@@ -31,8 +31,10 @@ from .errors import (
     TaskFailed,
     TaskNotFound,
 )
+from .locks import lock_is_free
 from .protocol import (
     FINAL_STATUSES,
+    READY,
     SUCCESSFUL,
     Cancel,
     Error,
@@ -219,7 +221,8 @@ class TaskHandle:
     def cancel(self) -> str:
         """Cancel: a READY task never runs; a RUNNING one is stopped. Returns the status.
 
-        With no supervisor up, a READY row is cancelled in the store directly."""
+        With no supervisor up, a READY row that no live supervisor holds is cancelled in
+        the store directly; one still held by a live supervisor stays READY (ask again)."""
         try:
             reply = self.client.request(Cancel(self.id))
             assert isinstance(reply, TaskInfo), reply
@@ -227,11 +230,13 @@ class TaskHandle:
         except (TaskNotFound, SupervisorUnavailable):
             if not self.store.durable:
                 raise
-        self.store.cancel_ready(self.id, time.time())
-        info = self._from_store()
-        if info is None:
+        row = self.store.fetch(self.id)
+        if row is None:
             raise TaskNotFound("not_found", f"no task {self.id!r} in the supervisor or the store")
-        return info.status
+        holder_gone = row.held_by is None or lock_is_free(self.store.spool or spool_path(), row.held_by) is True
+        if row.status == READY and holder_gone:
+            self.store.cancel_ready(self.id, time.time(), row.held_by)
+        return self.refresh().status
 
 
 def _resolve(task: Task | str) -> tuple[str, Task | None]:

@@ -144,13 +144,18 @@ class WorkerPool:
             self._retire_one_old(now, grace)
 
     def _retire_one_old(self, now: float, grace: float) -> None:
+        """One new worker is ready: one old one goes. When the whole new generation is
+        ready, the rest of the old one goes too and the reload is done."""
         old = sorted(
             (w for w in self.table.values() if w.generation != self.generation and w.serving),
             key=lambda w: (w.state != WorkerState.IDLE, w.started),
         )
-        if old:
-            self.retire(old[0], now, grace)
-        if len(old) <= 1:
+        ready_new = sum(1 for w in self.table.values()
+                        if w.generation == self.generation and w.state in (WorkerState.IDLE, WorkerState.BUSY))
+        done = ready_new >= self.target or len(old) <= 1
+        for worker in old if done else old[:1]:
+            self.retire(worker, now, grace)
+        if done:
             self.previous_generation = None
             log.info("reload done: generation %d serving", self.generation)
 

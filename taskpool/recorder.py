@@ -22,7 +22,6 @@ file (another host sharing a database) are judged by their heartbeat.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 
 from . import titles
 from .errors import StoreError
+from .locks import lock_is_free, lock_path
 from .protocol import Adopt, Error, Pull, Record, Recorded, encode_chunks
 from .stores import Store, SupervisorRecord, TaskRow, open_store
 from .transport import Channel, Closed
@@ -45,37 +45,6 @@ HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TIMEOUT = 30.0  # a holder without a lock file is gone after this long silent
 PURGE_BATCH = 500
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
-
-
-def lock_path(spool: str, supervisor_id: str) -> str:
-    return os.path.join(spool, "locks", f"{supervisor_id}.lock")
-
-
-def hold_lock(spool: str, supervisor_id: str) -> int:
-    """Create and flock this supervisor's lock file; the fd stays open for life."""
-    from .transport import ensure_private_dir
-
-    ensure_private_dir(os.path.join(spool, "locks"))
-    fd = os.open(lock_path(spool, supervisor_id), os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.set_inheritable(fd, False)  # not across exec; forked children keep it, which is the point
-    return fd
-
-
-def lock_is_free(spool: str, supervisor_id: str) -> bool | None:
-    """True when nobody holds that supervisor's lock; None when there is no lock file."""
-    path = lock_path(spool, supervisor_id)
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
 
 
 @dataclass

@@ -58,6 +58,7 @@ class RecorderLink:
         self._mark_dirty = mark_dirty
         self._on_adopt = on_adopt
         self.pid: int | None = None
+        self.down_since: float | None = None  # monotonic time the recorder went away (None: up)
         self.conn: FramedConnection | None = None
         self.pending: dict[str, dict] = {}
         self.in_flight: dict[int, tuple[float, list[dict]]] = {}
@@ -77,6 +78,7 @@ class RecorderLink:
     def spawn(self, now: float) -> None:
         pid, parent_end = fork_child(lambda sock: recorder_main(sock, self.settings), self._close_in_child)
         self.pid = pid
+        self.down_since = None
         self.ready = False
         self.boot_error = None
         limit = max(INTERNAL_FRAME, self.settings.max_frame * 16)
@@ -97,6 +99,7 @@ class RecorderLink:
             self._release(self.conn)
             self.conn = None
         self.pid = None
+        self.down_since = now
         for _, (_, rows) in sorted(self.in_flight.items()):
             for row in rows:
                 self.pending.setdefault(row["task_id"], row)
@@ -195,5 +198,6 @@ class RecorderLink:
             "pid": self.pid, "store": self.settings.store, "pending": len(self.pending),
             "in_flight": sum(len(rows) for _, rows in self.in_flight.values()),
             "lag": self.lag(now), "restarts": self.restarts,
+            "down_for": 0.0 if self.down_since is None else round(now - self.down_since, 3),
             "last_pull_age": None if self.pull_sent_at is None else round(time.monotonic() - self.pull_sent_at, 3),
         }

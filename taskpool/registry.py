@@ -147,7 +147,7 @@ class Registry:
         return {
             name: {"priority": t.options.priority, "queue": t.options.queue,
                    "max_attempts": t.options.max_attempts, "timeout": t.options.timeout,
-                   "retry_on_timeout": any(issubclass(TaskTimeout, k) for k in t.options.retry_for),
+                   "retry_on_timeout": any(issubclass(k, TaskTimeout) for k in t.options.retry_for),
                    "retry_backoff": t.options.retry_backoff, "retry_backoff_max": t.options.retry_backoff_max}
             for name, t in sorted(self._tasks.items())
         }

@@ -36,6 +36,7 @@ from .connections import Client, ConnectionHub
 from .errors import ConfigError, ProtocolError
 from .health import ProcessSampler, build_stats
 from .ledger import TaskState
+from .locks import hold_lock
 from .pool import WorkerPool
 from .protocol import (
     Adopt,
@@ -51,7 +52,7 @@ from .protocol import (
     StatsRequest,
     Submit,
 )
-from .recorder import RecorderSettings, hold_lock
+from .recorder import RecorderSettings
 from .recording import RecorderLink
 from .scheduler import Scheduler
 from .transport import Closed, ensure_private_dir, listen
@@ -143,16 +144,18 @@ class Supervisor:
         """Serve until stopped; returns the process exit code."""
         with self.installed_signals():
             try:
-                self.tick([], time.monotonic())  # fork the workers now, not after the first wait
+                events: list = []  # the first pass forks the workers at once
                 while self.phase != "stopped":
-                    events = self.selector.select(self.next_timeout(time.monotonic()))
-                    self.tick(events, time.monotonic())
-            except SupervisorExit as exc:
-                log.error("%s", exc)
-                self.exit_code = exc.code
-                self.stop_now(time.monotonic())
-                self.wait_for_children()
+                    try:
+                        self.tick(events, time.monotonic())
+                    except SupervisorExit as exc:  # stop at once, but let the recorder write
+                        log.error("%s", exc)
+                        self.exit_code = exc.code
+                        self.stop_now(time.monotonic())
+                    if self.phase != "stopped":
+                        events = self.selector.select(self.next_timeout(time.monotonic()))
             finally:
+                self.wait_for_children()
                 self.close()
         return self.exit_code
 
@@ -328,6 +331,9 @@ class Supervisor:
             recorder.kill()
 
     def wait_for_children(self) -> None:
+        """Last resort on the way out: nothing of ours outlives the supervisor."""
+        for worker in self.workers:
+            kill(worker.pid)
         if self.recorder is not None:
             self.recorder.kill()
         while True:
@@ -425,8 +431,10 @@ class Supervisor:
 
     def _should_retire(self, worker: WorkerProc, rss: int) -> bool:
         limit_tasks, limit_mb = self.config.max_tasks_per_worker, self.config.max_memory_per_worker
-        if worker.retire_after_task or worker.generation != self.workers.generation or self.phase != "running":
+        if worker.retire_after_task or self.phase != "running":
             return True
+        if worker.generation != self.workers.generation and self.workers.previous_generation is None:
+            return True  # an old worker left over from a completed reload
         if limit_tasks and worker.tasks_done >= limit_tasks:
             log.info("worker %d did %d tasks; recycling it", worker.pid, worker.tasks_done)
             return True

@@ -110,8 +110,9 @@ class Store(ABC):
     def fetch(self, task_id: str) -> TaskRow | None: ...
 
     @abstractmethod
-    def cancel_ready(self, task_id: str, now: float) -> bool:
-        """CANCELLED if still READY and held by no live supervisor; True when it was."""
+    def cancel_ready(self, task_id: str, now: float, held_by: str | None) -> bool:
+        """CANCELLED if still READY and still held by ``held_by`` (the caller checked that
+        holder is gone, or None); True when it was."""
 
     # -- recorder side -------------------------------------------------------
 

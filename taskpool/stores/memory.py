@@ -25,7 +25,7 @@ class MemoryStore(Store):
     def fetch(self, task_id: str) -> TaskRow | None:
         return None
 
-    def cancel_ready(self, task_id: str, now: float) -> bool:
+    def cancel_ready(self, task_id: str, now: float, held_by: str | None) -> bool:
         return False
 
     def record(self, rows: Sequence[TaskRow]) -> None:

@@ -171,11 +171,12 @@ class SqliteStore(Store):
         found = self._read("SELECT * FROM taskpool_task WHERE task_id = ?", (task_id,))
         return _from_record(found[0]) if found else None
 
-    def cancel_ready(self, task_id: str, now: float) -> bool:
+    def cancel_ready(self, task_id: str, now: float, held_by: str | None) -> bool:
         with self._transaction() as db:
             cursor = db.execute(
-                "UPDATE taskpool_task SET status = 'CANCELLED', finished_at = ? WHERE task_id = ? AND status = ?",
-                (now, task_id, READY),
+                "UPDATE taskpool_task SET status = 'CANCELLED', finished_at = ?"
+                " WHERE task_id = ? AND status = ? AND held_by IS ?",
+                (now, task_id, READY, held_by),
             )
             return cursor.rowcount == 1
 

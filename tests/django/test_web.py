@@ -398,3 +398,15 @@ def test_example_project_passes_manage_py_check(tmp_path):
                           capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "System check identified no issues" in proc.stdout
+
+
+def test_health_judges_a_recorder_stuck_in_a_sweep_or_reported_down_by_the_supervisor():
+    from django_integration.views import health_problems
+
+    base = {"phase": "running", "workers": [{"state": "idle"}], "target_workers": 1}
+    sweeping = {**base, "recorder": {"pid": 7, "lag": 0.0, "last_pull_age": 45.0, "down_for": 0.0}}
+    assert any("sweep" in p for p in health_problems(sweeping))
+    down = {**base, "recorder": {"pid": None, "lag": 0.0, "last_pull_age": None, "down_for": 31.0}}
+    assert any("recorder down" in p for p in health_problems(down))
+    fine = {**base, "recorder": {"pid": 7, "lag": 0.5, "last_pull_age": 0.1, "down_for": 0.0}}
+    assert health_problems(fine) == []

@@ -191,3 +191,30 @@ def test_workers_ignore_a_group_wide_sigint_while_busy(start_supervisor, tmp_pat
     os.killpg(sup.pid, signal.SIGINT)
     assert sup.wait_exit(15) == 0
     assert done.exists()
+
+
+def test_hup_with_broken_code_under_load_keeps_serving(start_supervisor, tmp_path):
+    write_module(tmp_path, "good")
+    sup = start_supervisor("--workers", "2", imports=("reloadable",), env={"PYTHONPATH": str(tmp_path)})
+    handles: list[taskpool.TaskHandle] = []
+    stop = threading.Event()
+
+    def producer() -> None:
+        while not stop.is_set() and len(handles) < 1500:
+            handles.append(sup.submit("reloadable.version", 0.005))
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    try:
+        wait_until(lambda: len(handles) > 50, message="load to build up")
+        write_module(tmp_path, "broken", extra="\ndef broken(:\n")
+        sup.signal(signal.SIGHUP)
+        wait_until(lambda: "reload failed" in sup.log(), message="reload failure logged")
+        count = len(handles)
+        wait_until(lambda: len(handles) > count + 50, message="load goes on after the failed reload")
+    finally:
+        stop.set()
+        thread.join()
+    assert sup.proc.poll() is None, sup.log()
+    assert {h.result(timeout=30) for h in handles} == {"good"}
+    assert sup.stats()["generation"] == 1

@@ -45,3 +45,27 @@ def test_batches_are_split_to_fit_a_frame():
     assert all(len(frame) - 4 <= 10_000 for _, frame in parts)
     decoded = [row for _, frame in parts for msg in Decoder(10_000).feed(frame) for row in msg.rows]
     assert decoded == rows
+
+
+def test_sigkill_of_the_supervisor_alone_frees_its_tasks_at_once(start_supervisor, tmp_path):
+    import os
+    import signal
+
+    from helpers import pid_gone, wait_until
+
+    spool = tmp_path / "spool"
+    sup = start_supervisor("--workers", "1", spool=spool)
+    running = sup.submit(sample_tasks.wait_for_file.using(timeout=5), str(tmp_path / "never"))
+    wait_until(lambda: running.status == "RUNNING")
+    queued = [sup.submit(sample_tasks.add, i, i) for i in range(3)]
+    children = sup.children()
+    os.kill(sup.pid, signal.SIGKILL)  # not the process group: the workers are orphaned
+    wait_until(lambda: all(pid_gone(p) for p in children), message="orphaned workers to die with it")
+    again = start_supervisor("--workers", "1", spool=spool)
+    assert [h.result(timeout=10) for h in queued] == [0, 2, 4]
+    retried = again.handle(running.id)
+    with pytest.raises(taskpool.TaskFailed):  # re-run, then its 5 s timeout is enforced again
+        retried.result(timeout=20)
+    info = retried.refresh()
+    assert info.errors[0]["type"] == "taskpool.errors.WorkerLost"
+    assert info.errors[-1]["type"] == "taskpool.errors.TaskTimeout"
