@@ -111,7 +111,7 @@ def test_health_is_503_when_the_recorder_is_stuck(django_supervisor, client, set
 
         body = wait_until(stuck, timeout=15, message="health to report the stuck recorder").json()
         assert body["healthy"] is False
-        assert any(p.startswith("recorder stuck: its oldest unwritten batch has waited") for p in body["problems"])
+        assert any(p.startswith("recorder stuck") for p in body["problems"])  # a batch or a sweep never answered
         assert body["stats"]["recorder"]["in_flight"] >= 1
     finally:
         os.kill(recorder_pid, 18)  # SIGCONT
