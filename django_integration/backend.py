@@ -10,8 +10,9 @@ backport on Django 5.2) on top of taskpool's pre-forked workers::
     result.refresh()                      # or default_task_backend.get_result(result.id)
 
 ``enqueue`` goes through ``taskpool.client.submit_many``, the path ``taskpool.submit``
-takes: the task's row is written in the caller's transaction and the supervisor is told
-once it commits (a rolled-back transaction leaves no task). The task is named by its
+takes: with the ``django`` store (the default) the task's row is written in the caller's
+transaction and the supervisor is told once it commits (a rolled-back transaction leaves
+no task); other stores are not transactional (``manage.py check`` warns, taskpool.W002). The task is named by its
 ``module_path``; ``priority``, ``queue_name`` and ``run_after`` come from the Task; the
 id is taskpool's (32 hex characters). ``task_enqueued`` is sent once the row is written,
 before the supervisor is told, so it always precedes the worker's ``task_started``. With

@@ -6,7 +6,11 @@ transaction commits; ``after_commit`` defers the supervisor notification to
 ``transaction.on_commit``. Every other method is the recorder's and runs in its
 own transaction. Times are epoch floats in TaskRow and aware UTC datetimes in
 the database. Claims use ``select_for_update(skip_locked=True)`` where the
-database supports it, so supervisors on several hosts can share one database.
+database supports it and only take rows nobody holds, so two supervisors never claim
+the same row; but a supervisor on another host is judged only by its heartbeat
+(30 s), a sweep can claim a row just submitted to another supervisor, and a client
+cannot cancel a row another host holds: run one supervisor per database for now
+(docs/operations.md, "Several supervisors on one store").
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@
     ``"healthy"`` and a list of ``"problems"``. HTTP 200 when healthy, 503 when the
     supervisor does not answer within ``TASKPOOL_HEALTH_TIMEOUT`` (1 s), is not
     running, has no live (idle or busy) worker, or its recorder is stuck: the
-    oldest unwritten batch older than ``TASKPOOL_HEALTH_MAX_RECORDER_LAG`` (30 s),
-    or no recorder process for longer than ``TASKPOOL_HEALTH_RECORDER_DOWN_AFTER``
-    (30 s; each web process notes when it first saw the recorder gone).
+    oldest unwritten batch, or a store sweep under way, older than
+    ``TASKPOOL_HEALTH_MAX_RECORDER_LAG`` (30 s), or no recorder process for longer
+    than ``TASKPOOL_HEALTH_RECORDER_DOWN_AFTER`` (30 s, as the supervisor reports it
+    in ``recorder.down_for``, or as this web process has seen it).
     Open by default: it is meant for a load balancer or monitor on the internal
     network. It shows pids, the socket path and task names, never arguments or
     results; ``TASKPOOL_HEALTH_ACCESS = "staff"`` restricts it to staff users.

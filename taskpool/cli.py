@@ -4,7 +4,7 @@
     taskpool-supervisor status --spool ./spool [--json]
 
 Exit codes: 0 clean stop, 1 runtime error, 2 bad usage or configuration,
-3 workers could not import their task modules.
+3 workers could not import their task modules, or the recorder could not open the store.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ def lock_is_free(spool: str, supervisor_id: str) -> bool | None:
         fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
         return None
+    except OSError:  # e.g. another user's private spool: we cannot tell
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -72,6 +72,7 @@ class Recorder:
                 msg = self.channel.recv()
             except TimeoutError:
                 self.housekeeping()
+                reopen_logs_if_asked()
                 continue
             if isinstance(msg, Record):
                 rows = [TaskRow(**row) for row in msg.rows]

@@ -66,6 +66,7 @@ class RecorderLink:
         self.pull_sent_at: float | None = None
         self.release_next = False  # a claim's answer was lost with a dead recorder
         self.restarts = 0
+        self.deaths_in_a_row = 0  # recorders that died before they were ready: backoff
         self.next_spawn_at = 0.0
         self.closing = False
         self.abandoned = False  # a stop gave up waiting for it: never fork it again
@@ -93,7 +94,8 @@ class RecorderLink:
         if not self.closing or self.pending or self.in_flight:
             log.warning("recorder (pid %s) %s; forking a new one", self.pid, describe_exit(status))
             self.restarts += 1
-            delay = RESPAWN_DELAYS[min(self.restarts - 1, len(RESPAWN_DELAYS) - 1)]
+            self.deaths_in_a_row = 0 if self.ready else self.deaths_in_a_row + 1
+            delay = RESPAWN_DELAYS[min(self.deaths_in_a_row, len(RESPAWN_DELAYS) - 1)]
             self.next_spawn_at = now + delay
         if self.conn is not None:
             self._release(self.conn)

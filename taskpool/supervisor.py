@@ -574,7 +574,7 @@ class Supervisor:
 
     def _on_adopt(self, msg: Adopt, now: float) -> None:
         report = msg.report
-        if report.get("gone"):
+        if report.get("gone") and report.get("last", True):
             log.warning("supervisor(s) %s are gone: %d task(s) to run again, %d failed out of attempts",
                         ", ".join(report["gone"]), report["requeued"], report["failed"])
         self.scheduler.adopt(msg.rows, now)

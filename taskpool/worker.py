@@ -2,9 +2,9 @@
 
 Data flow: the supervisor writes ``Run`` frames on this worker's socketpair; the
 worker answers each with ``Progress`` frames (from ``taskpool.progress``) and one
-``Done``. EOF on the channel means "exit now" - whether the supervisor retired
-this worker or died - so a worker never outlives its supervisor by more than the
-task in hand.
+``Done``. EOF on the channel means "exit now": the supervisor retired this worker.
+If the supervisor dies, the kernel kills its workers at once (PR_SET_PDEATHSIG, see
+children.die_with_parent), and the next supervisor re-runs the task in hand.
 
 Signals: the supervisor owns all decisions, so a worker ignores INT, TERM, HUP,
 TTIN and TTOU (a Ctrl-C or a systemd stop that reaches the whole process group
