@@ -444,14 +444,24 @@ class Supervisor:
         return False
 
     def reap_children(self, now: float) -> None:
+        """Account for every child that exited; a fatal one is raised after all are counted."""
+        fatal: SupervisorExit | None = None
         for pid, status in reap():
-            worker = self.workers.remove(pid)
-            if worker is not None:
-                self._on_exit(worker, status, now)
-            elif self.recorder is not None and pid == self.recorder.pid:
-                self.recorder.exited(status, now)
-                if self.recorder.boot_error and not self.recorder.ever_ready:
-                    raise SupervisorExit(BOOT_FAILURE_EXIT, f"cannot start: {self.recorder.boot_error}")
+            try:
+                self._on_child_exit(pid, status, now)
+            except SupervisorExit as exc:
+                fatal = fatal or exc
+        if fatal is not None:
+            raise fatal
+
+    def _on_child_exit(self, pid: int, status: int, now: float) -> None:
+        worker = self.workers.remove(pid)
+        if worker is not None:
+            self._on_exit(worker, status, now)
+        elif self.recorder is not None and pid == self.recorder.pid:
+            self.recorder.exited(status, now)
+            if self.recorder.boot_error and not self.recorder.ever_ready:
+                raise SupervisorExit(BOOT_FAILURE_EXIT, f"cannot start: {self.recorder.boot_error}")
 
     def _on_exit(self, worker: WorkerProc, status: int, now: float) -> None:
         how = describe_exit(status)

@@ -15,7 +15,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from ..errors import StoreError
@@ -75,6 +76,21 @@ _UPSERT = (
 )
 
 
+def _retry_locked(statement: Callable[[], object]) -> None:
+    """Run a statement SQLite may refuse at once with "database is locked" even with a
+    busy timeout (changing the journal mode, the first schema script) while another
+    process writes: retry it until the busy timeout has passed."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -95,8 +111,11 @@ class SqliteStore(Store):
         self.path = path
         self.spool = os.path.dirname(os.path.abspath(path))
         self._local = threading.local()
+        db = self._connection()
         try:
-            self._connection().executescript(SCHEMA)  # idempotent; executescript commits itself
+            exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'taskpool_task'").fetchone()
+            if not exists:
+                _retry_locked(lambda: db.executescript(SCHEMA))  # idempotent; commits itself
         except sqlite3.Error as exc:
             raise StoreError(f"cannot create the task database {self.path}: {exc}") from None
 
@@ -122,9 +141,10 @@ class SqliteStore(Store):
         try:
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                _retry_locked(lambda: db.execute("PRAGMA journal_mode=WAL"))  # once per database file
+            db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the task database {self.path}: {exc}") from None
         finally:
