@@ -17,7 +17,6 @@ imports user code and never blocks on a database.
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
 import selectors
@@ -55,7 +54,7 @@ from .protocol import (
 from .recorder import RecorderSettings
 from .recording import RecorderLink
 from .scheduler import Scheduler
-from .transport import Closed, ensure_private_dir, listen
+from .transport import Closed, ensure_private_dir, group_id, listen
 
 log = logging.getLogger("taskpool.supervisor")
 
@@ -76,15 +75,6 @@ class SupervisorExit(Exception):
         self.code = code
 
 
-def _group_id(group: str | None) -> int | None:
-    if group is None:
-        return None
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ConfigError(f"socket group {group!r} does not exist") from None
-
-
 class Supervisor:
     def __init__(self, config: Config, explicit: dict | None = None) -> None:
         self.config = config
@@ -94,7 +84,7 @@ class Supervisor:
         self.scheduler.ledger.listen(self._on_task_event)
         self.hub = ConnectionHub(
             self.selector, config.max_frame, config.client_buffer,
-            {os.getuid(), 0, *config.allow_uid}, _group_id(config.socket_group), self.handle_request, config.store,
+            {os.getuid(), 0, *config.allow_uid}, group_id(config.socket_group), self.handle_request, config.store,
             os.path.abspath(config.spool),
         )
         self.workers = WorkerPool(config.workers, self._spawn, self.hub.unregister)

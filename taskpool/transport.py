@@ -67,16 +67,22 @@ def _clear_stale_socket(path: str) -> None:
     raise ConfigError(f"another supervisor is already listening on {path}")
 
 
+def group_id(group: str | None) -> int | None:
+    """The gid of the socket group, or ConfigError naming a group that does not exist."""
+    if group is None:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"socket group {group!r} does not exist") from None
+
+
 def listen(path: str, mode: int = 0o600, group: str | None = None, backlog: int = 1024) -> socket.socket:
     """Bind the supervisor's socket with private permissions from the first instant."""
     ensure_private_dir(os.path.dirname(path) or ".")
     _clear_stale_socket(path)
-    gid = -1
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ConfigError(f"socket group {group!r} does not exist") from None
+    gid = group_id(group)
+    gid = -1 if gid is None else gid
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
