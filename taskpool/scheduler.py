@@ -41,8 +41,8 @@ class Scheduler:
     def submit(self, msg: Submit, now: float) -> Message:
         """Accept a task, or say why not. With a durable store a row the client already
         stored is never lost: beyond the limits it waits in the store for a sweep."""
-        if self.ledger.get(msg.task_id) is not None:
-            return Accepted(msg.task_id)  # a re-sent Submit (the client retries once)
+        if self.ledger.get(msg.task_id) is not None:  # re-sent, or adopted from the store first
+            return self._unknown(msg) or Accepted(msg.task_id)
         problem = self._check(msg)
         if problem is None:
             self.enqueue(self.ledger.accept(msg, self.task_defaults.get(msg.name)), now)
@@ -66,8 +66,9 @@ class Scheduler:
             return refuse("shutting_down", "the supervisor is stopping")
         if not 0 < len(msg.task_id) <= MAX_ID_LENGTH or not 0 < len(msg.name) <= MAX_ID_LENGTH:
             return refuse("invalid_arguments", f"task id and name must be 1 to {MAX_ID_LENGTH} characters")
-        if self.task_defaults and msg.name not in self.task_defaults:
-            return refuse("unknown_task", f"no task named {msg.name!r} is registered in the workers")
+        unknown = self._unknown(msg)
+        if unknown is not None:
+            return unknown
         if msg.priority is not None and not MIN_PRIORITY <= msg.priority <= MAX_PRIORITY:
             return refuse("invalid_arguments", f"priority must be in {MIN_PRIORITY}..{MAX_PRIORITY}")
         if msg.max_attempts is not None and msg.max_attempts < 1:
@@ -78,6 +79,11 @@ class Scheduler:
             return refuse("queue_full", f"{self.max_ready} tasks are already waiting (max_ready)")
         return None
 
+    def _unknown(self, msg: Submit) -> Error | None:
+        if self.task_defaults and msg.name not in self.task_defaults:
+            return Error("unknown_task", f"no task named {msg.name!r} is registered in the workers", msg.task_id)
+        return None
+
     def adopt(self, rows: list[dict], now: float) -> int:
         """Take READY rows the recorder claimed from the store; returns how many were new."""
         adopted = 0
@@ -86,8 +92,13 @@ class Scheduler:
             if self.ledger.get(row.task_id) is None:
                 if row.timeout is None:
                     row.timeout = self.task_defaults.get(row.name, {}).get("timeout")
-                self.enqueue(self.ledger.adopt(row), now)
+                task = self.ledger.adopt(row)
                 adopted += 1
+                if self.task_defaults and row.name not in self.task_defaults:  # never run it
+                    message = f"no task named {row.name!r} is registered in the workers"
+                    self.ledger.fail(task, error_dict("taskpool.errors.UnknownTask", message))
+                    continue
+                self.enqueue(task, now)
         return adopted
 
     def info(self, task_id: str) -> Message:

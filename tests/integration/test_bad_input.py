@@ -510,5 +510,6 @@ def test_200_concurrent_clients_each_submit_and_read_a_result(supervisor):
     assert not errors, errors[:3]
     assert results == {i: i + 1000 for i in range(count)}
     counters = supervisor.stats()["counters"]
-    assert counters["submitted"] == count and counters["succeeded"] == count
+    # a store sweep may adopt a row a moment before its client's Submit arrives
+    assert counters["submitted"] + counters["adopted"] == count and counters["succeeded"] == count
     assert_still_serving(supervisor)
