@@ -212,6 +212,8 @@ class ConnectionHub:
             self.flush(conn)
 
     def flush(self, conn: FramedConnection) -> None:
+        if conn.closed:
+            return
         client = self.clients.get(conn.fd)
         if client is not None and client.conn is not conn:
             client = None

@@ -129,7 +129,7 @@ def connect(path: str, timeout: float | None) -> socket.socket:
 class FramedConnection:
     """Non-blocking framed socket owned by the supervisor's loop."""
 
-    __slots__ = ("sock", "fd", "decoder", "outbox", "max_outbox", "peer")
+    __slots__ = ("sock", "fd", "decoder", "outbox", "max_outbox", "peer", "closed")
 
     def __init__(self, sock: socket.socket, max_frame: int, max_outbox: int) -> None:
         sock.setblocking(False)
@@ -139,6 +139,7 @@ class FramedConnection:
         self.outbox = bytearray()
         self.max_outbox = max_outbox
         self.peer: tuple[int, int, int] | None = None
+        self.closed = False
 
     def read(self) -> Iterator[Message]:
         """Messages from what the socket has now. Raises Closed or ProtocolError."""
@@ -157,6 +158,8 @@ class FramedConnection:
         self.send_bytes(encode(msg))
 
     def send_bytes(self, frame: bytes) -> None:
+        if self.closed:
+            raise Closed(clean=True)
         if len(self.outbox) + len(frame) > self.max_outbox:
             self.flush()  # a burst of replies: write what the peer will take before judging it
             if len(self.outbox) + len(frame) > self.max_outbox:
@@ -164,7 +167,9 @@ class FramedConnection:
         self.outbox += frame
 
     def flush(self) -> bool:
-        """Write what the socket takes; True when everything is out."""
+        """Write what the socket takes; True when everything is out (or nothing can be)."""
+        if self.closed:
+            return True  # closed in this loop pass after output was queued: drop it
         while self.outbox:
             try:
                 sent = self.sock.send(self.outbox)
@@ -178,6 +183,8 @@ class FramedConnection:
         return True
 
     def close(self) -> None:
+        self.closed = True
+        self.outbox.clear()
         try:
             self.sock.close()
         except OSError:

@@ -36,3 +36,23 @@ def test_a_submit_arriving_after_its_known_row_was_adopted_is_accepted_once():
     s.adopt([TaskRow("t1", "mod.known", [1], {}).as_dict()], now=0.0)
     assert isinstance(s.submit(Submit("t1", "mod.known", [1], {}, stored=True), now=0.0), Accepted)
     assert len(s.ready) == 1 and s.ledger.counters["adopted"] == 1 and s.ledger.counters["submitted"] == 0
+
+
+def test_a_connection_closed_with_output_queued_flushes_as_a_no_op():
+    import socket
+
+    from taskpool.protocol import Recorded
+    from taskpool.transport import Closed, FramedConnection
+
+    ours, theirs = socket.socketpair()
+    conn = FramedConnection(ours, 1 << 20, 1 << 20)
+    conn.send(Recorded(1))
+    conn.close()  # e.g. EOF seen in the same pass that queued the frame
+    assert conn.flush() is True  # no write on a closed descriptor (EBADF would stop the loop)
+    try:
+        conn.send(Recorded(2))
+    except Closed:
+        pass
+    else:
+        raise AssertionError("sending on a closed connection must raise Closed")
+    theirs.close()
