@@ -64,6 +64,7 @@ class RecorderLink:
         self.in_flight: dict[int, tuple[float, list[dict]]] = {}
         self.seq = 0
         self.pull_sent_at: float | None = None
+        self.pull_limit = 0  # rows the outstanding pull may bring: room kept free for them
         self.release_next = False  # a claim's answer was lost with a dead recorder
         self.restarts = 0
         self.deaths_in_a_row = 0  # recorders that died before they were ready: backoff
@@ -154,11 +155,15 @@ class RecorderLink:
         if self.conn is None or self.pull_sent_at is not None:
             return False
         self.flush(now)
-        self.pull_sent_at = now
+        self.pull_sent_at, self.pull_limit = now, limit
         self.conn.send(Pull(limit, horizon, self.release_next))
         self.release_next = False
         self._flush_conn()
         return True
+
+    def rows_promised(self) -> int:
+        """How many rows the pull under way may still bring (0 when none is)."""
+        return self.pull_limit if self.pull_sent_at is not None else 0
 
     def _flush_conn(self) -> None:
         self._mark_dirty(self.conn)  # written at the end of the loop pass, with the rest

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from .ledger import Ledger, TaskState, error_dict
 from .protocol import READY, RUNNING, Accepted, Done, Error, Message, Submit
@@ -35,6 +36,7 @@ class Scheduler:
         self.task_defaults: dict[str, dict] = {}  # from the current generation's Ready frames
         self.backlog_in_store = False  # the store may hold READY rows we left there
         self.timeouts = 0
+        self.promised: Callable[[], int] = lambda: 0  # room a pull under way may fill (set by the supervisor)
 
     # -- intake --------------------------------------------------------------
 
@@ -75,7 +77,7 @@ class Scheduler:
             return refuse("invalid_arguments", "max_attempts must be at least 1")
         if msg.timeout is not None and msg.timeout <= 0:
             return refuse("invalid_arguments", "timeout must be greater than 0")
-        if self.queued() >= self.max_ready:
+        if self.queued() + self.promised() >= self.max_ready:
             return refuse("queue_full", f"{self.max_ready} tasks are already waiting (max_ready)")
         return None
 
@@ -130,7 +132,7 @@ class Scheduler:
         return len(self.ready) + len(self.delayed)
 
     def room(self) -> int:
-        return self.max_ready - self.queued()
+        return self.max_ready - self.queued() - self.promised()
 
     # -- outcomes ------------------------------------------------------------
 

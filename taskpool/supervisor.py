@@ -99,6 +99,7 @@ class Supervisor:
                 settings, self._close_in_child, self._register_recorder, self.hub.unregister,
                 self.hub.mark_dirty, self._on_adopt,
             )
+            self.scheduler.promised = self.recorder.rows_promised
         self.lock_fd: int | None = None
         self.next_sweep_at = 0.0
         self.drain_deadline: float | None = None

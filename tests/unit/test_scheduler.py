@@ -56,3 +56,20 @@ def test_a_connection_closed_with_output_queued_flushes_as_a_no_op():
     else:
         raise AssertionError("sending on a closed connection must raise Closed")
     theirs.close()
+
+
+def test_room_promised_to_a_pull_under_way_is_not_given_to_direct_submits():
+    # CI found ready+delayed at max_ready + 1: a pull asked for the last free slot, a direct
+    # Submit took it, then the pulled row arrived on top.
+    s = scheduler()
+    for i in range(8):
+        assert isinstance(s.submit(Submit(f"t{i}", "mod.known", [], {}, stored=True), now=0.0), Accepted)
+    s.promised = lambda: 2  # a pull for the two free slots is under way
+    assert s.room() == 0
+    unstored = s.submit(Submit("direct", "mod.known", [], {}), now=0.0)
+    assert isinstance(unstored, Error) and unstored.code == "queue_full"
+    assert isinstance(s.submit(Submit("stored", "mod.known", [], {}, stored=True), now=0.0), Accepted)
+    assert s.ledger.get("stored") is None and s.backlog_in_store  # left on disk for a later sweep
+    s.adopt([TaskRow(f"p{i}", "mod.known", [], {}).as_dict() for i in range(2)], now=0.0)
+    s.promised = lambda: 0
+    assert s.queued() == s.max_ready
