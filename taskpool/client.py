@@ -34,6 +34,7 @@ from .errors import (
 from .locks import lock_is_free
 from .protocol import (
     FINAL_STATUSES,
+    MAX_QUERY_MANY,
     READY,
     SUCCESSFUL,
     Cancel,
@@ -46,7 +47,7 @@ from .protocol import (
 from .registry import Task, default_registry
 from .stores import Store, TaskRow, open_store
 
-__all__ = ["Client", "TaskHandle", "cancel", "configure", "get", "stats", "submit", "submit_many"]
+__all__ = ["Client", "TaskHandle", "cancel", "configure", "get", "stats", "submit", "submit_many", "wait"]
 
 log = logging.getLogger("taskpool.client")
 
@@ -147,6 +148,7 @@ class TaskHandle:
         self._client = client
         self._store = store
         self._inline = inline  # immediate mode with the memory store: the only record
+        self._final: TaskInfo | None = None  # filled by taskpool.wait(); read by wait()/result()
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.id}{' ' + self.name if self.name else ''}>"
@@ -196,6 +198,8 @@ class TaskHandle:
 
     def wait(self, timeout: float | None = None) -> TaskInfo:
         """Block until the task is final (or ``timeout`` passes); return its state."""
+        if self._final is not None:
+            return self._final
         deadline = None if timeout is None else time.monotonic() + timeout
         polls = 0
         while True:
@@ -237,6 +241,51 @@ class TaskHandle:
         if row.status == READY and holder_gone:
             self.store.cancel_ready(self.id, time.time(), row.held_by)
         return self.refresh().status
+
+
+def wait(handles: Sequence[TaskHandle], timeout: float | None = None) -> list[TaskInfo]:
+    """Wait until every task is final; return their states in order. Raises ResultTimeout
+    if some are not final after ``timeout`` seconds.
+
+    A few round trips for any number of tasks: it waits for the last unfinished task
+    (tasks mostly end in submission order), then asks for all the others in one
+    ``QueryMany``, and repeats. Afterwards each handle's ``result()`` answers at once."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = [h for h in handles if h._final is None]
+    while pending:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        info = pending[-1].wait(remaining)
+        if info.status not in FINAL_STATUSES:
+            raise ResultTimeout(f"task {pending[-1].id} is still {info.status} after {timeout}s")
+        pending[-1]._final = info
+        _fill_final(pending[:-1])
+        pending = [h for h in pending if h._final is None]
+        if pending and deadline is not None and time.monotonic() >= deadline:
+            raise ResultTimeout(f"{len(pending)} task(s) not final after {timeout}s")
+    return [h._final for h in handles]  # type: ignore[misc]
+
+
+def _fill_final(handles: list[TaskHandle]) -> None:
+    """Ask the supervisor for many handles at once; those it does not hold read the store."""
+    groups: dict[int, list[TaskHandle]] = {}
+    for handle in handles:
+        groups.setdefault(id(handle.client), []).append(handle)
+    for group in groups.values():
+        client, todo = group[0].client, group
+        while todo:
+            chunk = todo[:MAX_QUERY_MANY]
+            try:
+                infos = client.query_many([h.id for h in chunk])
+            except SupervisorUnavailable:
+                infos = []
+            if not infos:  # nothing answered: one by one (store fallback included)
+                infos = [h.refresh() for h in chunk]
+            for handle, info in zip(chunk, infos, strict=False):
+                if info is None and handle.store.durable:
+                    info = handle._from_store()
+                if info is not None and info.status in FINAL_STATUSES:
+                    handle._final = info
+            todo = todo[len(infos):]
 
 
 def _resolve(task: Task | str) -> tuple[str, Task | None]:

@@ -21,7 +21,9 @@ from .protocol import (
     Hello,
     Message,
     Query,
+    QueryMany,
     TaskInfo,
+    TaskInfos,
     Welcome,
     encode,
 )
@@ -128,6 +130,16 @@ class Client:
         if isinstance(reply, Error):
             raise_error(reply)
         return reply
+
+    def query_many(self, task_ids: list[str]) -> list[TaskInfo | None]:
+        """The states of many tasks in one round trip; None for a task the supervisor does
+        not hold. The list may be shorter than ``task_ids`` (a frame's worth): ask again."""
+        reply = self.request(QueryMany(task_ids))
+        assert isinstance(reply, TaskInfos), reply
+        try:
+            return [None if entry is None else TaskInfo(*entry) for entry in reply.infos]
+        except TypeError as exc:
+            raise ProtocolError(f"malformed TaskInfos entry: {exc}") from None
 
     def query(self, task_id: str, wait: float = 0.0) -> TaskInfo:
         reply = self.request(Query(task_id, float(wait)), wait=wait)

@@ -151,6 +151,19 @@ class ConnectionHub:
             return
         self.dirty.add(client.conn)
 
+    def reply_frame(self, client: Client, frame: bytes) -> None:
+        """A reply already encoded (and checked against the frame limit)."""
+        if client.closed or client.closing:
+            return
+        try:
+            client.conn.send_bytes(frame)
+        except (Closed, ProtocolError) as exc:
+            if isinstance(exc, ProtocolError):
+                log.warning("dropping client pid %s: %s", client.conn.peer[0], exc)
+            self.drop(client)
+            return
+        self.dirty.add(client.conn)
+
     def refuse(self, client: Client, error: Error) -> None:
         """Send a last error, then close once it is written."""
         client.closing = True

@@ -56,18 +56,12 @@ class TaskState:
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
 
+    def info_fields(self) -> tuple:
+        return (self.task_id, self.name, self.status, self.attempts, self.progress, self.progress_message,
+                self.result, self.errors[-INFO_ERRORS:], self.worker_pids)
+
     def info(self) -> TaskInfo:
-        return TaskInfo(
-            self.task_id,
-            self.name,
-            self.status,
-            self.attempts,
-            self.progress,
-            self.progress_message,
-            self.result,
-            self.errors[-INFO_ERRORS:],
-            self.worker_pids,
-        )
+        return TaskInfo(*self.info_fields())
 
 
 DEFAULT_MAX_ATTEMPTS = 3

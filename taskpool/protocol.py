@@ -141,6 +141,17 @@ class StatsRequest(Message):
     pass
 
 
+@message(6, (list,))
+class QueryMany(Message):
+    """The current state of many tasks at once (no wait): one round trip for a batch of
+    results. Answered with ``TaskInfos`` in the same order."""
+
+    task_ids: list
+
+
+MAX_QUERY_MANY = 5000  # ids in one QueryMany
+
+
 # -- supervisor -> client ---------------------------------------------------
 
 
@@ -168,6 +179,15 @@ class TaskInfo(Message):
     result: Any
     errors: list  # one error dict per failed attempt, oldest first
     worker_pids: list
+
+
+@message(15, (list,))
+class TaskInfos(Message):
+    """One entry per id asked, in order: the ``TaskInfo`` fields as a list, or None for a
+    task this supervisor does not hold. May stop short of the ids asked when the
+    answers would not fit in one frame; the client asks again for the rest."""
+
+    infos: list
 
 
 @message(13, (dict,))

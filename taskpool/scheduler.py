@@ -15,7 +15,19 @@ import time
 from collections.abc import Callable
 
 from .ledger import Ledger, TaskState, error_dict
-from .protocol import READY, RUNNING, Accepted, Done, Error, Message, Submit
+from .protocol import (
+    MAX_QUERY_MANY,
+    READY,
+    RUNNING,
+    Accepted,
+    Done,
+    Error,
+    Message,
+    Submit,
+    TaskInfos,
+    encode,
+    encode_chunks,
+)
 from .queue import DelayHeap, ReadyQueue
 from .registry import MAX_PRIORITY, MIN_PRIORITY, backoff_delay
 from .stores.base import TaskRow
@@ -102,6 +114,20 @@ class Scheduler:
                     continue
                 self.enqueue(task, now)
         return adopted
+
+    def infos(self, task_ids: list, max_frame: int) -> Message | bytes:
+        """The answer to QueryMany: an encoded TaskInfos frame, cut short to fit a frame."""
+        if len(task_ids) > MAX_QUERY_MANY or any(type(t) is not str for t in task_ids):
+            return Error("invalid_arguments", f"QueryMany takes at most {MAX_QUERY_MANY} task ids, all strings")
+        get = self.ledger.get
+        entries = []
+        for task_id in task_ids:
+            task = get(task_id)
+            entries.append(None if task is None else list(task.info_fields()))
+        part, frame = encode_chunks(TaskInfos, entries, max_frame)[0]
+        if len(frame) - 4 > max_frame:  # one answer alone is too big: the client asks with Query
+            frame = encode(TaskInfos([None]))
+        return frame
 
     def info(self, task_id: str) -> Message:
         task = self.ledger.get(task_id)

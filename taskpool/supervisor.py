@@ -45,6 +45,7 @@ from .protocol import (
     Message,
     Progress,
     Query,
+    QueryMany,
     Ready,
     Run,
     Stats,
@@ -540,6 +541,12 @@ class Supervisor:
                 return self.scheduler.info(msg.task_id)
             self.hub.wait_for(client, msg.task_id, now + min(msg.wait, MAX_WAIT))
             return None
+        if isinstance(msg, QueryMany):
+            reply = self.scheduler.infos(msg.task_ids, self.config.max_frame)
+            if isinstance(reply, bytes):
+                self.hub.reply_frame(client, reply)
+                return None
+            return reply
         if isinstance(msg, Cancel):
             return self.cancel(msg.task_id, now)
         if isinstance(msg, StatsRequest):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from ..protocol import CANCELLED, FAILED, READY
@@ -49,7 +50,12 @@ class TaskRow:
     held_by: str | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Every column as a dict, shallow: list values are shared with the row."""
+        return dict(zip(_ROW_FIELDS, _row_values(self), strict=True))
+
+
+_ROW_FIELDS = tuple(TaskRow.__dataclass_fields__)
+_row_values = attrgetter(*_ROW_FIELDS)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from operator import attrgetter
 
 from ..errors import StoreError
 from ..protocol import READY, RUNNING
@@ -91,12 +92,16 @@ def _retry_locked(statement: Callable[[], object]) -> None:
             time.sleep(0.01)
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # one encoder, not one per call
+_JSON_AT = tuple(c in JSON_COLUMNS for c in COLUMNS)
+_row_values = attrgetter(*COLUMNS)
 
 
 def _to_params(row: TaskRow) -> tuple:
-    return tuple(_dumps(getattr(row, c)) if c in JSON_COLUMNS else getattr(row, c) for c in COLUMNS)
+    return tuple(
+        ("[]" if value == [] else _dumps(value)) if is_json else value
+        for value, is_json in zip(_row_values(row), _JSON_AT, strict=True)
+    )
 
 
 def _from_record(record: sqlite3.Row) -> TaskRow:

@@ -105,3 +105,37 @@ def test_env_var_names_the_spool(supervisor, monkeypatch):
     monkeypatch.setenv("TASKPOOL_SPOOL", str(supervisor.spool))
     taskpool.configure(socket="", spool="")
     assert wait_until(lambda: taskpool.stats()["pid"] == supervisor.pid)
+
+
+def test_wait_returns_every_final_state_in_order(configured):
+    handles = [sample_tasks.add.submit(i, 1) for i in range(300)] + [sample_tasks.fail.submit("boom")]
+    infos = taskpool.wait(handles, timeout=60)
+    assert [i.task_id for i in infos] == [h.id for h in handles]
+    assert [i.result for i in infos[:-1]] == [i + 1 for i in range(300)]
+    assert infos[-1].status == "FAILED" and "boom" in infos[-1].errors[-1]["message"]
+    assert [h.result(timeout=0) for h in handles[:-1]] == [i + 1 for i in range(300)]  # answered from the wait
+    with pytest.raises(taskpool.TaskFailed):
+        handles[-1].result(timeout=0)
+
+
+def test_wait_times_out_with_a_clear_error(configured, tmp_path):
+    blocker = sample_tasks.wait_for_file.submit(str(tmp_path / "never"), 30)
+    with pytest.raises(taskpool.ResultTimeout):
+        taskpool.wait([sample_tasks.add.submit(1, 2), blocker], timeout=0.3)
+    (tmp_path / "never").touch()
+    assert blocker.result(timeout=30) == "released"
+
+
+def test_query_many_answers_none_for_unknown_ids_and_refuses_bad_requests(configured):
+    from taskpool.protocol import QueryMany
+
+    done = sample_tasks.add.submit(2, 2)
+    done.result(timeout=30)
+    client = default_client()
+    infos = client.query_many([done.id, "no-such-task"])
+    assert infos[0].status == "SUCCESSFUL" and infos[0].result == 4 and infos[1] is None
+    with pytest.raises(taskpool.RemoteError, match="at most"):
+        client.request(QueryMany(["x"] * 5001))
+    with pytest.raises(taskpool.RemoteError, match="strings"):
+        client.request(QueryMany([1, 2]))
+    assert client.query(done.id).status == "SUCCESSFUL"  # the connection is still good
