@@ -337,6 +337,10 @@ def submit_many(calls: Iterable[tuple], client: Client | None = None, store: Sto
         if not store.durable:
             raise
         up = False
+    if up and store.durable:
+        known = client.known_names()
+        if all(m.name in known for m in msgs):  # no reply needed: a refusal is recorded in the row
+            msgs = [m.without_reply() for m in msgs]
     data = client.encode(msgs)  # a frame too large fails here, before a row is written
     if store.durable:
         store.insert([row_of(m) for m in msgs])
@@ -350,13 +354,18 @@ def _notify(client: Client, msgs: list[Submit], up: bool, data: bytes) -> None:
         log.warning("no supervisor at %s; %d task(s) stored, to run when one starts", client.path, len(msgs))
         return
     try:
+        if msgs and not msgs[0].reply:
+            client.send_only(data)
+            return
         replies = client.exchange(msgs, data=data)
     except SupervisorUnavailable as exc:
         log.warning("%s; %d task(s) stored, to run when a supervisor starts", exc, len(msgs))
         return
-    for reply in replies:
+    known = client.known_names()
+    for msg, reply in zip(msgs, replies, strict=True):
         if isinstance(reply, Error):
             raise_error(reply)
+        known.add(msg.name)
 
 
 def _run_inline(msgs: list[Submit], client: Client, store: Store) -> list[TaskHandle]:

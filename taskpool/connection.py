@@ -74,6 +74,7 @@ class Client:
             raise SupervisorUnavailable(f"unexpected handshake reply {type(reply).__name__} from {self.path}")
         self.welcome = reply
         local.channel, local.pid = channel, os.getpid()
+        local.known_names = set()  # task names this supervisor has accepted on this connection
         return channel
 
     def connect(self) -> Welcome:
@@ -123,6 +124,29 @@ class Client:
         if any(isinstance(r, Error) and r.code in ("bad_frame", "bad_version", "forbidden") for r in replies):
             self._forget()  # the supervisor closes the connection after these
         return replies
+
+    def known_names(self) -> set[str]:
+        """Task names the supervisor accepted on this thread's connection: a stored submit
+        of one of them can go without waiting for a reply."""
+        self._channel()
+        return self._local.known_names
+
+    def send_only(self, data: bytes) -> None:
+        """Write requests that get no reply (stored submits of known names); one reconnect
+        on a broken connection (a re-sent Submit is recognised by its id)."""
+        for attempt in (1, 2):
+            channel = self._channel()
+            try:
+                channel.settimeout(self.timeout)
+                channel.send_bytes(data)
+                return
+            except TimeoutError:
+                self._forget()
+                raise SupervisorUnavailable(f"the supervisor at {self.path} did not read within {self.timeout:.1f}s") from None
+            except OSError as exc:
+                self._forget()
+                if attempt == 2:
+                    raise SupervisorUnavailable(f"lost the connection to the supervisor at {self.path}: {exc}") from None
 
     def request(self, msg: Message, wait: float = 0.0) -> Message:
         """Send one request and return its reply; raises RemoteError for an Error reply."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from operator import attrgetter
 from typing import Any, ClassVar
 
@@ -106,7 +106,7 @@ class Hello(Message):
     version: int
 
 
-@message(2, (str,), (str,), (list,), (dict,), _OPT_INT, _OPT_NUMBER, _OPT_INT, _OPT_NUMBER, _OPT_STR, (bool,))
+@message(2, (str,), (str,), (list,), (dict,), _OPT_INT, _OPT_NUMBER, _OPT_INT, _OPT_NUMBER, _OPT_STR, (bool,), (bool,))
 class Submit(Message):
     """A new task. Options left None take the task's registered defaults."""
 
@@ -120,6 +120,10 @@ class Submit(Message):
     timeout: float | None = None
     queue: str | None = None
     stored: bool = False  # the client already wrote the READY row to the store
+    reply: bool = True  # False (stored only): answer nothing; a refusal is recorded in the row
+
+    def without_reply(self) -> Submit:
+        return replace(self, reply=False)
 
 
 @message(3, (str,), _NUMBER)

@@ -534,7 +534,8 @@ class Supervisor:
     def handle_request(self, client: Client, msg: Message, now: float) -> Message | None:
         """A greeted client's request; None when the reply comes later (a wait)."""
         if isinstance(msg, Submit):
-            return self.scheduler.submit(msg, now)
+            reply = self.scheduler.submit(msg, now)
+            return reply if msg.reply or not msg.stored else None  # a stored row records any refusal
         if isinstance(msg, Query):
             task = self.scheduler.ledger.get(msg.task_id)
             if task is None or task.is_final or msg.wait <= 0:

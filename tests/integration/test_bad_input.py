@@ -31,6 +31,7 @@ from taskpool.protocol import (
     Hello,
     Message,
     Query,
+    QueryMany,
     Stats,
     StatsRequest,
     Submit,
@@ -244,7 +245,7 @@ def test_bad_hello_is_bad_version(supervisor, raw, hello):
     assert_still_serving(supervisor)
 
 
-CLIENT_REQUESTS = (Submit, Query, Cancel, StatsRequest)
+CLIENT_REQUESTS = (Submit, Query, QueryMany, Cancel, StatsRequest)
 #: One of every other message type (supervisor replies, worker and internal frames), plus a second Hello.
 NOT_CLIENT_REQUESTS = [
     Hello(MAGIC, PROTOCOL_VERSION) if cls is Hello else example(cls)

@@ -139,3 +139,17 @@ def test_query_many_answers_none_for_unknown_ids_and_refuses_bad_requests(config
     with pytest.raises(taskpool.RemoteError, match="strings"):
         client.request(QueryMany([1, 2]))
     assert client.query(done.id).status == "SUCCESSFUL"  # the connection is still good
+
+
+def test_stored_submits_of_a_known_name_need_no_reply_and_a_refusal_lands_in_the_row(configured):
+    first = sample_tasks.add.submit(1, 1)  # the first of a name waits for Accepted (UnknownTask would raise)
+    client = default_client()
+    assert "sample_tasks.add" in client.known_names()
+    later = [sample_tasks.add.submit(i, i) for i in range(50)]  # sent without waiting for replies
+    assert [h.result(timeout=30) for h in [first, *later]] == [2] + [2 * i for i in range(50)]
+    client.known_names().add("sample_tasks.no_such_task")  # as if it was unregistered by a reload since
+    handle = taskpool.submit("sample_tasks.no_such_task", 1)  # no exception: nobody waits for the refusal
+    info = handle.wait(timeout=30)
+    assert info.status == "FAILED" and info.errors[-1]["type"] == "taskpool.errors.UnknownTask"
+    wait_until(lambda: configured.store.fetch(handle.id).status == "FAILED", timeout=15, message="the row FAILED")
+    assert client.query(first.id).status == "SUCCESSFUL"  # replies still line up with requests
