@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any, ClassVar
 
@@ -123,7 +123,8 @@ class Submit(Message):
     reply: bool = True  # False (stored only): answer nothing; a refusal is recorded in the row
 
     def without_reply(self) -> Submit:
-        return replace(self, reply=False)
+        return Submit(self.task_id, self.name, self.args, self.kwargs, self.priority, self.run_after,
+                      self.max_attempts, self.timeout, self.queue, self.stored, False)
 
 
 @message(3, (str,), _NUMBER)

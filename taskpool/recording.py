@@ -27,6 +27,7 @@ log = logging.getLogger("taskpool.supervisor")
 
 MAX_IN_FLIGHT = 2
 MAX_BATCH = 500
+WRITE_DELAY = 0.01  # seconds a status change may wait to share the recorder's next transaction
 INTERNAL_FRAME = 64 * 1024 * 1024  # frames between supervisor and recorder (a trusted channel)
 RESPAWN_DELAYS = (0.0, 0.2, 1.0, 2.0, 5.0)
 
@@ -60,9 +61,10 @@ class RecorderLink:
         self.pid: int | None = None
         self.down_since: float | None = None  # monotonic time the recorder went away (None: up)
         self.conn: FramedConnection | None = None
-        self.pending: dict[str, dict] = {}
+        self.pending: dict[str, TaskState | dict] = {}  # a live task, or a row sent before and not acknowledged
         self.in_flight: dict[int, tuple[float, list[dict]]] = {}
         self.seq = 0
+        self.first_pending_at = 0.0  # monotonic; when the oldest pending row was noted
         self.pull_sent_at: float | None = None
         self.pull_limit = 0  # rows the outstanding pull may bring: room kept free for them
         self.release_next = False  # a claim's answer was lost with a dead recorder
@@ -126,22 +128,40 @@ class RecorderLink:
     # -- data ----------------------------------------------------------------
 
     def note(self, task: TaskState) -> None:
-        self.pending[task.task_id] = snapshot(task, self.settings.supervisor_id)
+        """The row is written as it is when the batch leaves (its latest state), so a task
+        accepted, started and finished between two batches costs one snapshot."""
+        if not self.pending:
+            self.first_pending_at = time.monotonic()
+        self.pending[task.task_id] = task
 
     def tick(self, now: float) -> None:
         unwritten = bool(self.pending or self.in_flight)
         wanted = not self.closing or (unwritten and not self.abandoned)
         if self.pid is None and wanted and now >= self.next_spawn_at:
             self.spawn(now)
-        self.flush(now)
+        due = self.next_write_at()
+        if self.closing or (due is not None and now >= due):
+            self.flush(now)
         if self.closing:
             self.stop()
+
+    def next_write_at(self) -> float | None:
+        """When the pending rows should leave: a full batch at once, else ``WRITE_DELAY``
+        after the first one, so a task's RUNNING and final states (and a web request's
+        next insert) do not each meet a transaction of the recorder's."""
+        if not self.pending:
+            return None
+        if len(self.pending) >= MAX_BATCH:
+            return 0.0
+        return self.first_pending_at + WRITE_DELAY
 
     def flush(self, now: float) -> None:
         while self.conn is not None and self.pending and len(self.in_flight) < MAX_IN_FLIGHT:
             batch = []
+            holder = self.settings.supervisor_id
             for task_id in list(self.pending)[:MAX_BATCH]:
-                batch.append(self.pending.pop(task_id))
+                entry = self.pending.pop(task_id)
+                batch.append(entry if type(entry) is dict else snapshot(entry, holder))
             next_seq = self.seq + 1
             parts = encode_chunks(lambda rows, seq=next_seq: Record(seq, rows), batch, self.conn.decoder.max_frame)
             for rows, frame in parts:  # each part is its own batch, acknowledged on its own

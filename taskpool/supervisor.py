@@ -222,6 +222,9 @@ class Supervisor:
         waiter_due = self.hub.next_deadline()
         if waiter_due is not None:
             candidates.append(waiter_due - now)
+        write_due = self.recorder.next_write_at() if self.recorder is not None else None
+        if write_due is not None:
+            candidates.append(write_due - now)
         if self.stop_deadline is not None:
             candidates.append(self.stop_deadline - now)
         return max(0.0, min(candidates))
