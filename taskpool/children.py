@@ -78,7 +78,12 @@ def fork_child(main: Callable[[socket.socket], int], close_in_child: Callable[[]
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        parent_end.close()
+        child_end.close()
+        raise
     if pid == 0:
         code = 1
         try:

@@ -11,6 +11,7 @@ when its buffer passes ``client_buffer`` bytes, never the supervisor's memory.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import logging
@@ -28,6 +29,8 @@ from .transport import Closed, FramedConnection, peer_credentials
 log = logging.getLogger("taskpool.supervisor")
 
 ACCEPTS_PER_PASS = 64
+ACCEPT_PAUSE = 0.25  # seconds without accepting once descriptors run out
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(slots=True, eq=False)
@@ -73,19 +76,29 @@ class ConnectionHub:
         self.waiters: dict[str, list[Waiter]] = {}
         self.deadlines: list[tuple[float, int, Waiter]] = []
         self._seq = itertools.count()
+        self._next_accept_log = 0.0
 
     # -- admission ---------------------------------------------------------
 
-    def accept(self, listener: socket.socket) -> None:
+    def accept(self, listener: socket.socket, now: float) -> bool:
+        """Admit waiting connections. False when the process is out of descriptors (or
+        kernel memory): the caller stops watching the listener for ``ACCEPT_PAUSE``, as
+        it would stay readable and spin the loop; waiting clients stay queued."""
         for _ in range(ACCEPTS_PER_PASS):
             try:
                 sock, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return True
             except OSError as exc:
-                log.error("accept failed: %s", exc)
-                return
+                if exc.errno not in RESOURCE_ERRORS:
+                    log.error("accept failed: %s", exc)
+                    return True
+                if now >= self._next_accept_log:
+                    log.error("accept failed: %s; new connections wait (this is logged at most once a minute)", exc)
+                    self._next_accept_log = now + 60.0
+                return False
             self._admit(sock)
+        return True
 
     def _admit(self, sock: socket.socket) -> None:
         conn = FramedConnection(sock, self.max_frame, self.max_outbox)

@@ -45,6 +45,8 @@ class ProcessSampler:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             self._procs.pop(pid, None)
             return 0, 0.0
+        except OSError:  # /proc unreadable for now (out of descriptors): no figure, no failure
+            return 0, 0.0
 
 
 def build_stats(sup: Any, version: str) -> dict:

@@ -20,6 +20,8 @@ from .transport import FramedConnection
 
 log = logging.getLogger("taskpool.supervisor")
 
+SPAWN_RETRY = 1.0  # seconds before forking again after fork itself failed
+
 RESPAWN_BACKOFF = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
 CRASH_WINDOW = 5.0  # a worker dying sooner than this after it started counts toward backoff
 
@@ -57,7 +59,12 @@ class WorkerPool:
             used = {w.wid for w in current}
             free = (wid for wid in itertools.count(1) if wid not in used)
             for wid in itertools.islice(free, self.target - len(current)):
-                worker = self._spawner(wid, self.generation, now)
+                try:
+                    worker = self._spawner(wid, self.generation, now)
+                except OSError as exc:  # out of descriptors or processes: try again shortly
+                    log.error("cannot fork worker %d: %s; trying again in %.0fs", wid, exc, SPAWN_RETRY)
+                    self.next_spawn_at = now + SPAWN_RETRY
+                    return
                 self.table[worker.pid] = worker
 
     def idle(self) -> Iterator[WorkerProc]:

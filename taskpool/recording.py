@@ -30,6 +30,7 @@ MAX_BATCH = 500
 WRITE_DELAY = 0.01  # seconds a status change may wait to share the recorder's next transaction
 INTERNAL_FRAME = 64 * 1024 * 1024  # frames between supervisor and recorder (a trusted channel)
 RESPAWN_DELAYS = (0.0, 0.2, 1.0, 2.0, 5.0)
+SPAWN_RETRY = 1.0  # seconds before forking again after fork itself failed
 
 
 def snapshot(task: TaskState, holder: str) -> dict:
@@ -80,7 +81,12 @@ class RecorderLink:
     # -- process -------------------------------------------------------------
 
     def spawn(self, now: float) -> None:
-        pid, parent_end = fork_child(lambda sock: recorder_main(sock, self.settings), self._close_in_child)
+        try:
+            pid, parent_end = fork_child(lambda sock: recorder_main(sock, self.settings), self._close_in_child)
+        except OSError as exc:  # out of descriptors or processes: pending rows wait, nothing is dropped
+            log.error("cannot fork the recorder: %s; trying again in %.0fs", exc, SPAWN_RETRY)
+            self.next_spawn_at = now + SPAWN_RETRY
+            return
         self.pid = pid
         self.down_since = None
         self.ready = False

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -31,7 +32,7 @@ from typing import Any
 from . import __version__, titles
 from .children import WorkerProc, WorkerState, describe_exit, kill, reap, spawn
 from .config import Config, load_config
-from .connections import Client, ConnectionHub
+from .connections import ACCEPT_PAUSE, Client, ConnectionHub
 from .errors import ConfigError, ProtocolError
 from .health import ProcessSampler, build_stats
 from .ledger import TaskState
@@ -58,6 +59,20 @@ from .scheduler import Scheduler
 from .transport import Closed, ensure_private_dir, group_id, listen
 
 log = logging.getLogger("taskpool.supervisor")
+
+MAX_DESCRIPTORS = 65536  # the soft RLIMIT_NOFILE the supervisor asks for (never above the hard limit)
+
+
+def raise_descriptor_limit() -> None:
+    """One descriptor per client: lift the soft limit (often 1024) toward the hard one,
+    as servers commonly do, so a thousand connections do not exhaust it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, MAX_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
 
 BOOT_FAILURE_EXIT = 3
 MAX_WAIT = 3600.0
@@ -108,6 +123,7 @@ class Supervisor:
         self.sampler = ProcessSampler()
         self.phase = "starting"
         self.stop_deadline: float | None = None
+        self.accept_resume_at: float | None = None  # the listener is paused (out of descriptors) until then
         self.exit_code = 0
         self.counters = {"worker_restarts": 0, "worker_crashes": 0}
         self.started_wall = time.time()
@@ -123,6 +139,7 @@ class Supervisor:
     def open(self) -> None:
         """Bind the socket and register the fixed event sources."""
         ensure_private_dir(os.path.abspath(self.config.spool))  # refuses a symlinked spool first
+        raise_descriptor_limit()
         if self.recorder is not None:
             self.lock_fd = hold_lock(os.path.abspath(self.config.spool), self.supervisor_id)
         self.listener = listen(self.socket_path, self.config.socket_mode, self.config.socket_group)
@@ -227,6 +244,8 @@ class Supervisor:
             candidates.append(write_due - now)
         if self.stop_deadline is not None:
             candidates.append(self.stop_deadline - now)
+        if self.accept_resume_at is not None:
+            candidates.append(self.accept_resume_at - now)
         return max(0.0, min(candidates))
 
     # -- signals -------------------------------------------------------------
@@ -487,6 +506,7 @@ class Supervisor:
 
     def check_timers(self, now: float) -> None:
         self.scheduler.promote_due(now)
+        self._resume_accepting(now)
         for worker in self.workers:
             if worker.deadline is not None and now >= worker.deadline:
                 self._time_out(worker, now)
@@ -532,7 +552,14 @@ class Supervisor:
     # -- requests ----------------------------------------------------------------
 
     def _on_accept(self, key: Any, mask: int, now: float) -> None:
-        self.hub.accept(self.listener)
+        if not self.hub.accept(self.listener, now):
+            self.selector.unregister(self.listener)
+            self.accept_resume_at = now + ACCEPT_PAUSE
+
+    def _resume_accepting(self, now: float) -> None:
+        if self.accept_resume_at is not None and now >= self.accept_resume_at and self.listener is not None:
+            self.accept_resume_at = None
+            self.selector.register(self.listener, selectors.EVENT_READ, self._on_accept)
 
     def handle_request(self, client: Client, msg: Message, now: float) -> Message | None:
         """A greeted client's request; None when the reply comes later (a wait)."""

@@ -670,8 +670,6 @@ def test_out_of_descriptors_existing_and_later_clients_are_served(start_supervis
            f"meanwhile; the queued clients welcomed {welcomed * 1000:.0f} ms after descriptors were freed")
 
 
-@pytest.mark.xfail(strict=True, reason="accept() failing with EMFILE leaves the listener readable: the loop spins "
-                   "at 100% CPU and logs 'accept failed' on every pass (connections.py ConnectionHub.accept)")
 def test_out_of_descriptors_the_loop_does_not_spin(start_supervisor, raw):
     """While accept() fails for want of descriptors, the supervisor should wait, not
     spin: measured as its CPU time over 1.5 s, and as the number of log lines."""
@@ -688,9 +686,6 @@ def test_out_of_descriptors_the_loop_does_not_spin(start_supervisor, raw):
     assert lines < 20, f"{lines} 'accept failed' lines in 1.5s"
 
 
-@pytest.mark.xfail(strict=True, reason="an OSError(EMFILE) escapes the loop and the supervisor exits: "
-                   "psutil in health.ProcessSampler._read (stats), socket.socketpair in children.fork_child "
-                   "(a worker or the recorder replaced)")
 @pytest.mark.parametrize("trigger", ["stats", "worker_dies", "recorder_dies"])
 def test_out_of_descriptors_the_supervisor_survives(start_supervisor, raw, tmp_path, trigger):
     """What needs a new descriptor while none is left: the psutil sample in a stats
