@@ -48,6 +48,7 @@ class Scheduler:
         self.task_defaults: dict[str, dict] = {}  # from the current generation's Ready frames
         self.backlog_in_store = False  # the store may hold READY rows we left there
         self.timeouts = 0
+        self.wall_now: float | None = None  # wall clock read with the loop pass's ``now`` (a later read runs delays early)
         self.promised: Callable[[], int] = lambda: 0  # room a pull under way may fill (set by the supervisor)
 
     # -- intake --------------------------------------------------------------
@@ -138,7 +139,8 @@ class Scheduler:
     # -- the queue -----------------------------------------------------------
 
     def enqueue(self, task: TaskState, now: float) -> None:
-        delay = (task.run_after - time.time()) if task.run_after else 0.0
+        wall = self.wall_now if self.wall_now is not None else time.time()
+        delay = (task.run_after - wall) if task.run_after else 0.0
         if delay > 0:
             self.delayed.push(task.task_id, now + delay)
         else:

@@ -216,6 +216,7 @@ class Supervisor:
     # -- the loop ------------------------------------------------------------
 
     def tick(self, events: list, now: float) -> None:
+        self.scheduler.wall_now = time.time()
         for key, mask in events:
             key.data(key, mask, now)
         self.handle_signals(now)
