@@ -1,6 +1,7 @@
 """Tasks for scripts/bench. Plain functions (so the baselines can pickle them) registered
 as taskpool tasks under names of their own."""
 
+import os
 import time
 
 import taskpool
@@ -20,5 +21,14 @@ def burn_fn(ms):
     return time.process_time() - start
 
 
+def gate_fn(path, limit=600.0):
+    """Hold a worker until ``path`` exists (or ``limit`` seconds pass): with every worker
+    held, tasks submitted meanwhile stay READY, which is how the bench builds a backlog."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 noop = taskpool.task(noop_fn, name="bench_tasks.noop")
 burn = taskpool.task(burn_fn, name="bench_tasks.burn")
+gate = taskpool.task(gate_fn, name="bench_tasks.gate")
