@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -38,7 +39,8 @@ class WorkerProc:
     conn: FramedConnection | None
     started: float  # monotonic
     state: WorkerState = WorkerState.BOOTING
-    task_id: str | None = None
+    task_id: str | None = None  # the task it is running
+    queued: deque = field(default_factory=deque)  # ids sent ahead (prefetch), not started yet, in order
     tasks_done: int = 0
     deadline: float | None = None  # task timeout, monotonic
     kill_at: float | None = None  # escalation to SIGKILL, monotonic

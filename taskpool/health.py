@@ -62,6 +62,7 @@ def build_stats(sup: Any, version: str) -> dict:
             "wid": w.wid, "pid": w.pid, "generation": w.generation, "state": w.state.value,
             "task_id": w.task_id, "task_name": task.name if task else None,
             "progress": task.progress if task else None, "tasks_done": w.tasks_done,
+            "queued": len(w.queued),
             "rss": rss, "cpu_percent": cpu, "age": round(time.monotonic() - w.started, 3),
         })
     own_rss, own_cpu = metrics.get(os.getpid(), (0, 0.0))

@@ -73,6 +73,13 @@ class WorkerPool:
             if worker.state == WorkerState.IDLE and not worker.retire_after_task and worker.conn is not None:
                 yield worker
 
+    def prefetchable(self, limit: int) -> Iterator[WorkerProc]:
+        """Busy workers of the current generation that may be sent tasks ahead."""
+        for worker in self.table.values():
+            if (worker.state == WorkerState.BUSY and not worker.retire_after_task and worker.conn is not None
+                    and worker.generation == self.generation and len(worker.queued) < limit):
+                yield worker
+
     def busy(self) -> int:
         return sum(1 for w in self.table.values() if w.task_id is not None)
 

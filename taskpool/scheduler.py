@@ -195,9 +195,9 @@ class Scheduler:
 
     def timed_out(self, task_id: str, worker_pid: int, now: float) -> None:
         task = self.ledger.active.get(task_id)
-        self.timeouts += 1
-        if task is None:
+        if task is None:  # cancelled meanwhile: its worker was only being stopped
             return
+        self.timeouts += 1
         log.warning("task %s (%s) passed its %ss timeout; killed worker %d", task.task_id, task.name, task.timeout, worker_pid)
         message = f"task {task.name} ran longer than its timeout of {task.timeout}s; its worker was killed"
         error = error_dict("taskpool.errors.TaskTimeout", message)
@@ -213,6 +213,13 @@ class Scheduler:
             self.enqueue(task, now)
         else:
             self.ledger.fail(task, error)
+
+    def take_back(self, task_id: str, now: float) -> None:
+        """A task sent ahead to a worker that went away before starting it: READY all along,
+        no attempt spent, so it simply queues again (cancelled ones stay cancelled)."""
+        task = self.ledger.active.get(task_id)
+        if task is not None and task.status == READY:
+            self.enqueue(task, now)
 
     def interrupt(self, task_id: str, why: str, now: float) -> None:
         """Stopped by the supervisor (not the task's fault): READY again, attempt given back."""

@@ -39,6 +39,7 @@ from .ledger import TaskState
 from .locks import hold_lock
 from .pool import WorkerPool
 from .protocol import (
+    READY,
     Adopt,
     Cancel,
     Done,
@@ -60,6 +61,7 @@ from .transport import Closed, ensure_private_dir, group_id, listen
 
 log = logging.getLogger("taskpool.supervisor")
 
+SKIP_GRACE = 0.5  # seconds a worker has to skip a cancelled task sent ahead before it is stopped
 MAX_DESCRIPTORS = 65536  # the soft RLIMIT_NOFILE the supervisor asks for (never above the hard limit)
 
 
@@ -441,8 +443,22 @@ class Supervisor:
         worker.tasks_done += 1
         worker.state = WorkerState.IDLE
         self.scheduler.done(msg.task_id, msg, now)
+        if worker.queued:
+            self._next_queued(worker, now)
         if self._should_retire(worker, msg.rss):
-            self.workers.retire(worker, now, self.config.graceful_timeout)
+            self.workers.retire(worker, now, self.config.graceful_timeout)  # a busy one finishes its queue first
+
+    def _next_queued(self, worker: WorkerProc, now: float) -> None:
+        """The worker has just started the task it was sent ahead: account for it. If that
+        task was cancelled meanwhile, the worker was sent a Cancel and answers with a Done
+        without running it; should it have started it already (the Cancel came too late),
+        it is stopped like any running task that is cancelled, after ``SKIP_GRACE``."""
+        task_id = worker.queued.popleft()
+        task = self.scheduler.ledger.active.get(task_id)
+        if task is None or task.status != READY:
+            worker.state, worker.task_id, worker.deadline = WorkerState.BUSY, task_id, now + SKIP_GRACE
+            return
+        self._begin(worker, task, now)
 
     def _should_retire(self, worker: WorkerProc, rss: int) -> bool:
         limit_tasks, limit_mb = self.config.max_tasks_per_worker, self.config.max_memory_per_worker
@@ -484,6 +500,8 @@ class Supervisor:
         if worker.task_id is not None:
             self.scheduler.lost(worker.task_id, worker.pid, how, now)
             worker.task_id = None
+        while worker.queued:
+            self.scheduler.take_back(worker.queued.popleft(), now)
         if worker.state == WorkerState.BOOTING:
             self._boot_failed(worker, how, now)
         elif not expected:
@@ -537,18 +555,48 @@ class Supervisor:
             if task is None:
                 return
             self._start(worker, task, now)
+        if self.config.prefetch and self.scheduler.ready:
+            self._prefetch()
+
+    def _prefetch(self) -> None:
+        """Every worker is busy and tasks wait: send each busy worker up to ``prefetch``
+        more, so it starts the next one the moment it finishes instead of waiting for
+        the loop to answer its Done. They stay READY (no attempt spent) until started."""
+        limit, max_tasks = self.config.prefetch, self.config.max_tasks_per_worker
+        for worker in self.workers.prefetchable(limit):
+            while len(worker.queued) < limit:
+                if max_tasks and worker.tasks_done + 1 + len(worker.queued) >= max_tasks:
+                    break
+                task = self.scheduler.next_ready()
+                if task is None:
+                    return
+                worker.queued.append(task.task_id)
+                if not self._send_run(worker, task, task.attempts + 1):
+                    break
 
     def _start(self, worker: WorkerProc, task: TaskState, now: float) -> None:
+        self._begin(worker, task, now)
+        self._send_run(worker, task, task.attempts)
+
+    def _begin(self, worker: WorkerProc, task: TaskState, now: float) -> None:
         self.scheduler.start(task, worker.pid)
         worker.state = WorkerState.BUSY
         worker.task_id = task.task_id
         worker.deadline = now + task.timeout if task.timeout else None
+
+    def _send_run(self, worker: WorkerProc, task: TaskState, attempt: int) -> bool:
+        return self._send_to_worker(worker, Run(task.task_id, task.name, task.args, task.kwargs, attempt))
+
+    def _send_to_worker(self, worker: WorkerProc, msg: Message) -> bool:
+        if worker.conn is None:
+            return False
         try:
-            worker.conn.send(Run(task.task_id, task.name, task.args, task.kwargs, task.attempts))
+            worker.conn.send(msg)
         except (Closed, ProtocolError):
-            self.workers.kill(worker)  # it is gone or stuck; the task is re-run when it is reaped
-            return
+            self.workers.kill(worker)  # it is gone or stuck; its tasks are dealt with when it is reaped
+            return False
         self.hub.mark_dirty(worker.conn)
+        return True
 
     # -- requests ----------------------------------------------------------------
 
@@ -623,6 +671,9 @@ class Supervisor:
 
     def cancel(self, task_id: str, now: float) -> Message:
         reply, was_running = self.scheduler.cancel(task_id)
+        for worker in self.workers:
+            if task_id in worker.queued:  # sent ahead: the worker skips it when it gets there
+                self._send_to_worker(worker, Cancel(task_id))
         if was_running:
             for worker in self.workers:
                 if worker.task_id == task_id:

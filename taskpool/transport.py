@@ -194,12 +194,27 @@ class FramedConnection:
 class Channel:
     """Blocking framed socket for clients and workers."""
 
-    __slots__ = ("sock", "decoder", "_inbox")
+    __slots__ = ("sock", "decoder", "_inbox", "_eof")
 
     def __init__(self, sock: socket.socket, max_frame: int) -> None:
         self.sock = sock
         self.decoder = Decoder(max_frame)
         self._inbox: list[Message] = []
+        self._eof = False
+
+    def pending(self) -> list[Message]:
+        """Messages already received, after taking in whatever has arrived without
+        blocking (a worker checks for Cancel frames before it starts a task sent ahead)."""
+        if not self._eof:
+            try:
+                data = self.sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            if data == b"":
+                self._eof = True
+            elif data:
+                self._inbox.extend(self.decoder.feed(data))
+        return self._inbox
 
     def send(self, msg: Message) -> None:
         self.sock.sendall(encode(msg))
@@ -210,6 +225,8 @@ class Channel:
     def recv(self) -> Message:
         """The next message; raises Closed at EOF, socket.timeout past the timeout."""
         while not self._inbox:
+            if self._eof:
+                raise Closed(clean=self.decoder.pending == 0)
             data = self.sock.recv(READ_SIZE)
             if not data:
                 raise Closed(clean=self.decoder.pending == 0)

@@ -30,7 +30,7 @@ from typing import Any
 
 from . import titles
 from .errors import InvalidArguments, ProtocolError, Retry
-from .protocol import Done, Progress, Ready, Run, check_json_compatible, encode
+from .protocol import Cancel, Done, Progress, Ready, Run, check_json_compatible, encode
 from .registry import backoff_delay, default_registry
 from .transport import Channel, Closed
 
@@ -232,10 +232,28 @@ def boot(channel: Channel, modules: tuple[str, ...], generation: int, wid: int, 
     return True
 
 
+_NOT_STARTED = {"type": "taskpool.errors.Cancelled", "message": "cancelled before it started", "traceback": ""}
+
+
+def _cancelled_before_start(channel: Channel, task_id: str, cancelled: set[str]) -> bool:
+    """Take in Cancel frames that arrived behind this Run: was it cancelled?"""
+    inbox = channel.pending()
+    if any(type(m) is Cancel for m in inbox):
+        cancelled.update(m.task_id for m in inbox if type(m) is Cancel)
+        inbox[:] = [m for m in inbox if type(m) is not Cancel]
+    if task_id in cancelled:
+        cancelled.discard(task_id)
+        return True
+    if len(cancelled) > 1000:  # ids of tasks that started before their Cancel came: forget them
+        cancelled.clear()
+    return False
+
+
 def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, wid: int) -> None:
     """Run tasks until the supervisor closes the channel."""
     idle_title = f"worker {wid} gen {generation} idle"
     titles.set_title(idle_title)
+    cancelled: set[str] = set()  # tasks sent ahead that the supervisor cancelled before they started
     while True:
         try:
             msg = channel.recv()
@@ -243,8 +261,14 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
             return
         if _reopen_logs:
             _reopen_log_files()
+        if isinstance(msg, Cancel):
+            cancelled.add(msg.task_id)
+            continue
         if not isinstance(msg, Run):
             raise ProtocolError(f"worker got an unexpected {type(msg).__name__} frame")
+        if _cancelled_before_start(channel, msg.task_id, cancelled):
+            channel.send(Done(msg.task_id, False, None, _NOT_STARTED, 0))
+            continue
         titles.set_title(f"worker {wid} gen {generation} busy {msg.name}")
         _run_boundary_hooks()
         run_one(channel, msg, max_frame, measure_rss)

@@ -1,0 +1,84 @@
+"""Tasks sent ahead to busy workers (``--prefetch``): they stay READY until they start,
+a cancel still keeps them from running, a dying worker gives them back without spending
+an attempt, and their timeout counts from their own start."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import sample_tasks
+from helpers import pid_gone, wait_until
+
+
+def queued(sup) -> int:
+    return sum(w["queued"] for w in sup.stats()["workers"])
+
+
+def test_a_task_sent_ahead_waits_ready_and_runs_after_the_one_before(start_supervisor, tmp_path):
+    sup = start_supervisor("--workers", "1", "--prefetch", "1")
+    gate, log = tmp_path / "gate", tmp_path / "log"
+    blocker = sup.submit(sample_tasks.wait_for_file, str(gate))
+    ahead = sup.submit(sample_tasks.record, str(log), "ahead")
+    behind = sup.submit(sample_tasks.record, str(log), "behind")
+    wait_until(lambda: queued(sup) == 1, message="one task sent ahead")
+    assert blocker.status == "RUNNING" and ahead.status == "READY" and behind.status == "READY"
+    assert ahead.refresh().attempts == 0
+    gate.touch()
+    assert [h.result(timeout=15) for h in (blocker, ahead, behind)] == ["released", "ahead", "behind"]
+    assert log.read_text().split() == ["ahead", "behind"]
+    assert ahead.refresh().attempts == 1
+
+
+def test_cancelling_a_task_sent_ahead_keeps_it_from_running(start_supervisor, tmp_path):
+    sup = start_supervisor("--workers", "1", "--prefetch", "1")
+    gate, log = tmp_path / "gate", tmp_path / "log"
+    blocker = sup.submit(sample_tasks.wait_for_file, str(gate))
+    ahead = sup.submit(sample_tasks.record, str(log), "cancelled")
+    wait_until(lambda: queued(sup) == 1, message="one task sent ahead")
+    worker = sup.worker_pids()[0]
+    assert ahead.cancel() == "CANCELLED"
+    gate.touch()
+    assert blocker.result(timeout=15) == "released"
+    after = sup.submit(sample_tasks.record, str(log), "after")
+    assert after.result(timeout=15) == "after"
+    assert log.read_text().split() == ["after"]  # the cancelled one never ran
+    assert ahead.status == "CANCELLED"
+    assert sup.worker_pids() == [worker]  # skipped by the worker, which was not stopped for it
+
+
+def test_a_dead_worker_gives_back_its_tasks_sent_ahead_without_spending_an_attempt(start_supervisor, tmp_path):
+    sup = start_supervisor("--workers", "1", "--prefetch", "2")
+    gate, log = tmp_path / "gate", tmp_path / "log"
+    blocker = sup.submit(sample_tasks.wait_for_file, str(gate))
+    ahead = [sup.submit(sample_tasks.record, str(log), f"a{i}") for i in range(2)]
+    wait_until(lambda: queued(sup) == 2, message="two tasks sent ahead")
+    victim = sup.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: pid_gone(victim), message="worker gone")
+    gate.touch()
+    assert blocker.result(timeout=15) == "released"
+    assert [h.result(timeout=15) for h in ahead] == ["a0", "a1"]
+    assert blocker.refresh().attempts == 2  # it was running: re-run, attempt counted
+    assert [h.refresh().attempts for h in ahead] == [1, 1]  # never started before: nothing spent
+    assert sorted(log.read_text().split()) == ["a0", "a1"]
+
+
+def test_the_timeout_of_a_task_sent_ahead_counts_from_its_own_start(start_supervisor):
+    sup = start_supervisor("--workers", "1", "--prefetch", "1")
+    first = sup.submit(sample_tasks.sleep.using(timeout=5), 1.0, "first")
+    second = sup.submit(sample_tasks.sleep.using(timeout=0.8), 0.3, "second")
+    wait_until(lambda: queued(sup) == 1, message="the second sent ahead")
+    assert first.result(timeout=15) == "first"
+    assert second.result(timeout=15) == "second"  # 1.3 s after it was sent, 0.3 s after it started
+
+
+def test_prefetch_zero_sends_nothing_ahead(start_supervisor, tmp_path):
+    sup = start_supervisor("--workers", "1", "--prefetch", "0")
+    gate = tmp_path / "gate"
+    blocker = sup.submit(sample_tasks.wait_for_file, str(gate))
+    waiting = sup.submit(sample_tasks.add, 1, 2)
+    wait_until(lambda: blocker.status == "RUNNING", message="the blocker running")
+    assert sup.stats()["queue"]["ready"] == 1 and queued(sup) == 0
+    gate.touch()
+    assert waiting.result(timeout=15) == 3
