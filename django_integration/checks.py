@@ -34,8 +34,30 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
             f"TASKPOOL['STORE'] is {raw['STORE']!r}: submit() is then not part of the view's database "
             "transaction (a rolled-back view's task still runs)",
             hint="Use the default 'django' store for transactional submit.", id="taskpool.W002"))
+    if raw.get("STORE", "django") == "django":
+        problems += _sqlite_warnings()
     if "SPOOL" not in raw and "SOCKET" not in raw:
         problems.append(checks.Warning(
             "TASKPOOL does not set SPOOL; the supervisor's socket is looked for in ./spool relative to the "
             "working directory", hint="Set TASKPOOL = {'SPOOL': BASE_DIR / 'spool'}", id="taskpool.W001"))
     return problems
+
+
+def _sqlite_warnings() -> list[checks.CheckMessage]:
+    """The recorder writes task status into the project's database from its own process.
+    On SQLite, a transaction that reads and then writes (a typical view) is refused at
+    once with "database is locked" when another process committed in between, whatever
+    the timeout; beginning transactions IMMEDIATE makes it wait for the lock instead."""
+    from django.conf import settings
+
+    database = settings.DATABASES.get("default", {})
+    if database.get("ENGINE") != "django.db.backends.sqlite3":
+        return []
+    if str(database.get("OPTIONS", {}).get("transaction_mode", "")).upper() == "IMMEDIATE":
+        return []
+    return [checks.Warning(
+        "the default database is SQLite without OPTIONS['transaction_mode'] = 'IMMEDIATE': with taskpool's "
+        "recorder writing to it, a view that reads and then writes may fail with 'database is locked'",
+        hint="Set DATABASES['default']['OPTIONS'] = {'transaction_mode': 'IMMEDIATE', 'timeout': 20, "
+             "'init_command': 'PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;'} (docs/django.md, 'SQLite').",
+        id="taskpool.W003")]

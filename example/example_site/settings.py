@@ -50,8 +50,11 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": DATA_DIR / "db.sqlite3",
-        # the web server, the recorder and the workers share the file: wait for locks, use WAL
-        "OPTIONS": {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
+        # the web server, the recorder and the workers share the file: wait for locks, take the
+        # write lock when a transaction begins (a read-then-write one is otherwise refused at
+        # once when another process commits in between), WAL with synchronous=NORMAL
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE",
+                    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -48,6 +48,17 @@ def test_bad_settings_are_reported_clearly(settings, value, expected_id, words):
     assert words in problems[0].msg
 
 
+def test_sqlite_without_immediate_transactions_is_warned_about(settings):
+    settings.TASKPOOL = {"SPOOL": "/srv/app/spool"}
+    database = dict(settings.DATABASES["default"])
+    database["OPTIONS"] = {k: v for k, v in database.get("OPTIONS", {}).items() if k != "transaction_mode"}
+    settings.DATABASES = {**settings.DATABASES, "default": database}
+    [warning] = [m for m in check_settings() if m.id == "taskpool.W003"]
+    assert "transaction_mode" in warning.msg and "IMMEDIATE" in warning.hint
+    settings.TASKPOOL = {"SPOOL": "/srv/app/spool", "STORE": "sqlite"}  # rows not in the project's database
+    assert "taskpool.W003" not in ids(check_settings())
+
+
 @pytest.mark.django_db(transaction=True)
 def test_immediate_mode_runs_inline_and_records_the_row(taskpool_settings):
     taskpool.configure(immediate=True)

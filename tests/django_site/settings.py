@@ -45,7 +45,8 @@ DATABASES = {
         # the supervisor's processes are told the test database's name by the tests
         "NAME": os.environ.get("TASKPOOL_TEST_DB", str(RUN_DIR / "db.sqlite3")),
         "TEST": {"NAME": str(RUN_DIR / "test-db.sqlite3")},
-        "OPTIONS": {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE",
+                    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
     }
 }
 STATIC_URL = "/static/"
