@@ -54,6 +54,8 @@ class DjangoStore(Store):
         self.records = TaskRecord.objects
         self.model = TaskRecord
         self.heartbeats = SupervisorHeartbeat.objects
+        self._statements: tuple[str, str] | None = None
+        self._converters: list | None = None
 
     @classmethod
     def open(cls, spool: str) -> DjangoStore:
@@ -76,7 +78,11 @@ class DjangoStore(Store):
     def insert(self, rows: Sequence[TaskRow]) -> None:
         def work() -> None:
             with transaction.atomic():  # joins the caller's transaction when there is one
-                self.model.objects.bulk_create([self.model(**_model_values(r, FIELDS)) for r in rows])
+                if connection.vendor in UPSERT_VENDORS:  # plain SQL: bulk_create's compiler costs more than the insert
+                    with connection.cursor() as cursor:
+                        cursor.executemany(self._sql()[0], self._params(rows))
+                else:
+                    self.model.objects.bulk_create([self.model(**_model_values(r, FIELDS)) for r in rows])
 
         self._guard("insert", work)
 
@@ -118,26 +124,46 @@ class DjangoStore(Store):
 
         self._guard("record", work)
 
-    def _upsert(self, rows: Sequence[TaskRow]) -> None:
-        """One INSERT .. ON CONFLICT DO UPDATE per row (SQLite and PostgreSQL speak the same
-        dialect), never touching a final row. A write from the first statement on, so on
-        SQLite the transaction takes the write lock at once (waiting its busy timeout)
-        instead of reading first and failing with "database is locked" when another
-        connection commits in between; and no CASE-per-column bulk_update."""
-        fields = [self.model._meta.get_field(name) for name in FIELDS]
-        table, quote = self.model._meta.db_table, connection.ops.quote_name
-        columns = ", ".join(quote(f.column) for f in fields)
-        mutable = [quote(self.model._meta.get_field(n).column) for n in MUTABLE]
-        updates = ", ".join(f"{column} = excluded.{column}" for column in mutable)
-        sql = (f"INSERT INTO {quote(table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) "
-               f"ON CONFLICT ({quote(self.model._meta.pk.column)}) DO UPDATE SET {updates} "
-               f"WHERE {quote(table)}.{quote(self.model._meta.get_field('status').column)} NOT IN {FINAL_SQL}")
+    def _sql(self) -> tuple[str, str]:
+        """(INSERT, INSERT .. ON CONFLICT DO UPDATE) for a whole row; SQLite and PostgreSQL
+        speak the same dialect. Built once per process."""
+        if self._statements is None:
+            meta, quote = self.model._meta, connection.ops.quote_name
+            table = quote(meta.db_table)
+            columns = ", ".join(quote(meta.get_field(n).column) for n in FIELDS)
+            insert = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(FIELDS))})"
+            mutable = [quote(meta.get_field(n).column) for n in MUTABLE]
+            updates = ", ".join(f"{column} = excluded.{column}" for column in mutable)
+            upsert = (f"{insert} ON CONFLICT ({quote(meta.pk.column)}) DO UPDATE SET {updates} "
+                      f"WHERE {table}.{quote(meta.get_field('status').column)} NOT IN {FINAL_SQL}")
+            self._statements = (insert, upsert)
+        return self._statements
+
+    def _params(self, rows: Sequence[TaskRow]) -> list[list]:
+        """Row values as the database driver takes them: JSON and time columns through their
+        Django field (each backend adapts them its own way), the rest as they are."""
+        if self._converters is None:
+            fields = [self.model._meta.get_field(n) for n in FIELDS]
+            self._converters = [
+                (lambda v, f=f: f.get_db_prep_save(v, connection)) if n in TIME_FIELDS or f.get_internal_type() == "JSONField"
+                else None
+                for n, f in zip(FIELDS, fields, strict=True)
+            ]
+        converters = self._converters
         params = []
         for row in rows:
             values = _model_values(row, FIELDS)
-            params.append([f.get_db_prep_save(values[f.name], connection) for f in fields])
+            params.append([v if c is None else c(v) for v, c in zip(values.values(), converters, strict=True)])
+        return params
+
+    def _upsert(self, rows: Sequence[TaskRow]) -> None:
+        """One INSERT .. ON CONFLICT DO UPDATE per row, never touching a final row. A write
+        from the first statement on, so on SQLite the transaction takes the write lock at
+        once (waiting its busy timeout) instead of reading first and failing with
+        "database is locked" when another connection commits in between; and no
+        CASE-per-column bulk_update."""
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.executemany(sql, params)
+            cursor.executemany(self._sql()[1], self._params(rows))
 
     def _write_first(self) -> None:
         """On SQLite, take the write lock before reading (a no-op UPDATE does): a deferred
