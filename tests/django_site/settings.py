@@ -1,12 +1,20 @@
 """Django settings for the integration tests: a real SQLite file the supervisor's
 processes share with the test process (not pytest-django's in-memory default)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RUN_DIR = Path(os.environ.get("TASKPOOL_TEST_DIR", HERE / ".run"))
-RUN_DIR.mkdir(parents=True, exist_ok=True)  # not in git: made on first use
+if not os.environ.get("TASKPOOL_TEST_DIR"):
+    # One directory per test session, inherited by the supervisors it starts: two sessions
+    # (or two checkouts) never share, or delete, each other's test database.
+    os.environ["TASKPOOL_TEST_DIR"] = tempfile.mkdtemp(prefix="taskpool-tests-")
+    atexit.register(shutil.rmtree, os.environ["TASKPOOL_TEST_DIR"], True)
+RUN_DIR = Path(os.environ["TASKPOOL_TEST_DIR"])
+RUN_DIR.mkdir(parents=True, exist_ok=True)
 
 SECRET_KEY = "tests-only"
 DEBUG = True
