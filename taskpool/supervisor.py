@@ -614,7 +614,8 @@ class Supervisor:
         """A greeted client's request; None when the reply comes later (a wait)."""
         if isinstance(msg, Submit):
             reply = self.scheduler.submit(msg, now)
-            return reply if msg.reply or not msg.stored else None  # a stored row records any refusal
+            silent = not msg.reply and msg.stored and self.scheduler.durable  # a stored row records any refusal
+            return None if silent else reply
         if isinstance(msg, Query):
             task = self.scheduler.ledger.get(msg.task_id)
             if task is None or task.is_final or msg.wait <= 0:
