@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import struct
 
 import msgpack
@@ -236,6 +237,8 @@ BAD_PAYLOADS = {
     "nested array32 in Submit.args": b"\x9a\x02\xa1t\xa1n\xdd\xff\xff\xff\xff",
     "str32 of 2**32-1 bytes, no body": b"\x92\x04\xdb\xff\xff\xff\xff",
     "bin32 of 2**32-1 bytes, no body": b"\x92\x04\xc6\xff\xff\xff\xff",
+    "array32 headers, each within the payload, nested past it": (b"\xdd" + struct.pack(">I", 300)) * 100 + b"\xc0" * 100,
+    "map16 headers nested past the payload": b"\x92\x0d" + (b"\xde\x01\x00\xa0") * 100 + b"\xa0" * 600,
     # invalid UTF-8 in str fields
     "invalid UTF-8 in Cancel.task_id": b"\x92\x04\xa2\xff\xfe",
     "invalid UTF-8 in Hello.magic": b"\x93\x01\xa2\xc3\x28\x01",
@@ -287,6 +290,61 @@ def test_good_frames_before_an_oversized_header_are_yielded_first():
         for msg in Decoder(max_frame=64).feed(good + struct.pack(">I", 65)):
             got.append(msg)
     assert got == [Accepted("a")]
+
+
+# -- container claims -----------------------------------------------------------
+# decode_payload refuses a payload whose array and map headers claim more elements in total than it
+# has bytes, before msgpack preallocates them (docs/protocol.md, "Limits").
+
+
+@pytest.mark.parametrize(
+    ("payload", "refused"),
+    [
+        (b"\xdc\x00\x10" + b"\xc0" * 13, False),  # 16 claimed in 16 bytes: left to msgpack (cut short)
+        (b"\xdc\x00\x11" + b"\xc0" * 13, True),  # 17 in 16
+        (b"\xdd\x00\x00\x00\x10" + b"\xc0" * 11, False),
+        (b"\xde\x00\x10" + b"\xa0" * 29, False),  # a map entry counts twice: 32 in 32
+        (b"\xde\x00\x10" + b"\xa0" * 28, True),  # 32 in 31
+        (b"\xdf\x00\x00\x00\x10" + b"\xa0" * 26, True),  # 32 in 31
+        ((b"\xdd\x00\x00\x00\x10") * 4, True),  # 64 in 20: each header alone is within the payload
+        (b"\x91" * 20 + b"\xdc\x00\x18", True),  # 24 in 23
+        # headers of 15 entries or fewer preallocate no more than a fixarray or fixmap: not counted
+        (b"\xdc\x00\x0f" * 10, False),
+        (b"\xde\x00\x0f" * 10, False),
+        # header bytes inside a str body are skipped with it, short or long
+        (b"\x92\x04\xd9\x05" + b"\xdd\xff\xff\xff\xff" + b"\xc0", False),
+        (b"\x92\x04\xd9\x28" + b"\xdd\xff\xff\xff\xff" * 8 + b"\xc0", False),
+    ],
+)
+def test_claims_are_refused_when_they_add_up_to_more_than_the_payload(payload, refused):
+    size = len(payload)
+    claims_message = rf"containers claim at least \d+ elements in a payload of {size} bytes"
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_payload(payload)
+    assert bool(re.search(claims_message, str(info.value))) is refused, str(info.value)
+
+
+def test_large_and_non_canonical_containers_within_their_bytes_decode():
+    args = [list(range(300)), {f"k{i}": i for i in range(40)}, "x" * 70_000]
+    assert protocol.decode_payload(encode(Submit("t", "n", args, {}))[4:]).args == args
+    # array32 and map32 forms of small containers (msgpack never writes them, but they are valid)
+    payload = b"\x9c\x02\xa1t\xa1n\xdd\x00\x00\x00\x02\x01\xdf\x00\x00\x00\x01\xa1k\xc0\x80" + msgpack.packb(None) * 5
+    payload += msgpack.packb(False) + msgpack.packb(True)
+    assert protocol.decode_payload(payload).args == [1, {"k": None}]
+
+
+def test_header_bytes_inside_strings_are_skipped_not_counted():
+    # U+077F is 0xdd 0xbf in UTF-8: an array32 lead byte on every other byte of the str body
+    text = "\u077f" * 40
+    message = Stats({"s": text, "l": list(range(100)), "e": "\u077f\u077f\u077f"})
+    assert b"\xdd\xbf\xdd\xbf\xdd" in encode(message)
+    assert protocol.decode_payload(encode(message)[4:]) == message
+
+
+def test_a_refused_claim_says_so_through_the_decoder():
+    payload = (b"\xdd" + struct.pack(">I", 1000)) * 100 + b"\xc0" * 500
+    with pytest.raises(ProtocolError, match="containers claim at least 2000 elements in a payload of 1000 bytes"):
+        decode_all(frame(payload))
 
 
 # -- JSON compatibility and encoding ------------------------------------------
@@ -361,6 +419,43 @@ def test_check_json_compatible_accepts(value):
 def test_check_json_compatible_names_where_the_bad_value_is():
     with pytest.raises(InvalidArguments, match=r"kwargs\['a'\]\[1\]"):
         check_json_compatible({"a": [1, {2}]}, "kwargs")
+
+
+SHARED_SET = {1}
+SHARED_LIST = [1, b"x"]
+
+BAD_VALUE_MESSAGES = [
+    ({"a": [1, {2}]}, "kwargs", "kwargs['a'][1] is a set, not a JSON-compatible value"),
+    ([0, 1, 2**64], "args", "args[2]: integer 18446744073709551616 does not fit in 64 bits"),
+    ([1.0, [math.nan]], "args", "args[1][0]: nan is not a JSON number"),
+    ({"a": {3: 1}}, "kwargs", "kwargs['a']: key 3 is not a string"),
+    ({"k": {"deep": [None, {"z": -math.inf}]}}, "result", "result['k']['deep'][1]['z']: -inf is not a JSON number"),
+    ((1, (2, Thing())), "args", "args[1][1] is a Thing, not a JSON-compatible value"),
+    (nested_lists(101), "args", "args" + "[0]" * 101 + " is nested more than 100 levels deep"),
+    ({"a": nested_lists(100)}, "kwargs", "kwargs['a']" + "[0]" * 100 + " is nested more than 100 levels deep"),
+    # the same object twice: the path names its first place
+    ([[], SHARED_SET, SHARED_SET], "args", "args[1] is a set, not a JSON-compatible value"),
+    ([SHARED_LIST, SHARED_LIST], "args", "args[0][1] is a bytes, not a JSON-compatible value"),
+    ([{}] * 100_000 + [[1, {"x": b"y"}]], "args", "args[100000][1]['x'] is a bytes, not a JSON-compatible value"),
+]
+
+
+@pytest.mark.parametrize(("value", "where", "message"), BAD_VALUE_MESSAGES, ids=[m for _, _, m in BAD_VALUE_MESSAGES])
+def test_check_json_compatible_messages_name_the_first_bad_value(value, where, message):
+    with pytest.raises(InvalidArguments) as info:
+        check_json_compatible(value, where)
+    assert str(info.value) == message
+
+
+def test_decoded_bad_values_are_named_in_the_protocol_error():
+    payload = msgpack.packb([2, "t", "n", [1, [2, msgpack.Timestamp(1, 0)]], {}, None, None, None, None, None, False, True])
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_payload(payload)
+    assert str(info.value) == "Submit.args[1][1] is a Timestamp, not a JSON-compatible value"
+    payload = msgpack.packb([13, {"a": [1, {"b": b"x"}]}], use_bin_type=True)
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_payload(payload)
+    assert str(info.value) == "Stats.data['a'][1]['b'] is a bytes, not a JSON-compatible value"
 
 
 def test_invalid_arguments_is_a_type_error():
