@@ -19,15 +19,16 @@ Workloads (2 workers, one producer); the JSON keys in brackets:
   W4 efficiency: tasks of ~10 ms pure-Python CPU; their own process_time() summed over
                  (workers x wall time) [w4_efficiency]
   RSS, taskpool: supervisor + workers + recorder, MiB (sums of RSS: pages the forked processes
-                 share count once per process). [idle_rss_mib] idle after the workloads (the
+                 share count once per process). [start_rss_mib] idle, right after the start
+                 (the issue's idle figure); [idle_rss_mib] idle after the workloads (the
                  supervisor still caches their results); [backlog_rss_mib] with a backlog of
                  READY tasks, [backlog_rss_growth_mib] the difference: every worker held by a gate
                  task, then 100,000 no-ops submitted in batches (10,000 with --quick), measured
                  once the supervisor reports them READY. It runs with --max-ready 100000, so it
                  holds the whole backlog in memory: the worst case (at the default 10,000 a
                  durable store keeps the rest on disk; the memory store refuses past it).
-                 JSON only: PSS sums [idle_pss_mib, backlog_pss_mib], RSS and PSS right after the
-                 start [start_rss_mib, start_pss_mib], the READY count measured [backlog_ready],
+                 JSON only: PSS sums [start_pss_mib, idle_pss_mib, backlog_pss_mib], the READY
+                 count measured [backlog_ready],
                  and the status updates the recorder still owed when the workloads ended
                  [recorder_pending_after_w4; durable stores only].
 
@@ -475,8 +476,8 @@ TARGETS = (
     Target("taskpool (django)", "w1_tasks_per_s", ">=", 0.25, True),
     Target("taskpool (django)", "w3_p50_us", "<=", 300, False),
     Target("taskpool (memory)", "w4_efficiency", ">=", 0.95, False),
-    Target("taskpool (memory)", "idle_rss_mib", "<=", 60, False),
-    Target("taskpool (sqlite)", "idle_rss_mib", "<=", 60, False),
+    Target("taskpool (memory)", "start_rss_mib", "<=", 60, False),  # idle: after start, before any work
+    Target("taskpool (sqlite)", "start_rss_mib", "<=", 60, False),
     # backlog RSS <= idle + 50 MiB
     Target("taskpool (memory)", "backlog_rss_growth_mib", "<=", 50, False),
     Target("taskpool (sqlite)", "backlog_rss_growth_mib", "<=", 50, False),
@@ -491,7 +492,8 @@ COLUMNS = (  # key, heading, format
     ("w3_p50_us", "W3 p50 us", ".1f"),
     ("w3_p99_us", "W3 p99 us", ".1f"),
     ("w4_efficiency", "W4 eff", ".2f"),
-    ("idle_rss_mib", "idle MiB", ".1f"),
+    ("start_rss_mib", "start MiB", ".1f"),
+    ("idle_rss_mib", "after MiB", ".1f"),
     ("backlog_rss_mib", "backlog MiB", ".1f"),
     ("backlog_rss_growth_mib", "growth MiB", ".1f"),
 )
