@@ -97,13 +97,18 @@ def test_health_gives_up_after_its_short_timeout(hung_socket, client):
     assert 0.9 <= elapsed < 3.0
 
 
-def test_health_is_503_when_the_recorder_is_stuck(django_supervisor, client, settings):
+def test_health_is_503_when_the_recorder_is_stuck(django_supervisor, client, settings, tmp_path):
     settings.TASKPOOL_HEALTH_MAX_RECORDER_LAG = 0.5
     recorder_pid = django_supervisor.stats()["recorder"]["pid"]
+    gate = tmp_path / "gate"
+    # submitted before the recorder stops: a recorder stopped inside one of its transactions
+    # holds SQLite's write lock, and an insert from this process would wait for it
+    handle = taskpool.submit(tasks.wait_for_file, str(gate))
+    wait_until(lambda: handle.status == "RUNNING", timeout=15, message="the task running")
     os.kill(recorder_pid, 19)  # SIGSTOP: batches go out and are never acknowledged
     try:
-        handle = taskpool.submit(tasks.add, 1, 2)
-        assert handle.result(timeout=15) == 3  # the supervisor still runs tasks
+        gate.touch()
+        assert handle.result(timeout=15) == "released"  # the supervisor still runs tasks
 
         def stuck():
             response = client.get(reverse("taskpool-health"))
