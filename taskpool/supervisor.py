@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import selectors
 import signal
 import socket
@@ -57,24 +56,11 @@ from .protocol import (
 from .recorder import RecorderSettings
 from .recording import RecorderLink
 from .scheduler import Scheduler
-from .transport import Closed, ensure_private_dir, group_id, listen
+from .transport import Closed, ensure_private_dir, group_id, listen, raise_descriptor_limit
 
 log = logging.getLogger("taskpool.supervisor")
 
 SKIP_GRACE = 0.5  # seconds a worker has to skip a cancelled task sent ahead before it is stopped
-MAX_DESCRIPTORS = 65536  # the soft RLIMIT_NOFILE the supervisor asks for (never above the hard limit)
-
-
-def raise_descriptor_limit() -> None:
-    """One descriptor per client: lift the soft limit (often 1024) toward the hard one,
-    as servers commonly do, so a thousand connections do not exhaust it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, MAX_DESCRIPTORS)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
 
 BOOT_FAILURE_EXIT = 3
 MAX_WAIT = 3600.0

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import grp
+import logging
 import os
+import resource
 import socket
 import stat
 import struct
@@ -19,6 +21,8 @@ from collections.abc import Iterator
 
 from .errors import ConfigError, ProtocolError, SupervisorUnavailable
 from .protocol import Decoder, Message, encode
+
+log = logging.getLogger("taskpool.supervisor")
 
 _UCRED = struct.Struct("3i")
 READ_SIZE = 256 * 1024
@@ -241,3 +245,18 @@ class Channel:
             self.sock.close()
         except OSError:
             pass
+
+
+MAX_DESCRIPTORS = 65536  # the soft RLIMIT_NOFILE the supervisor asks for (never above the hard limit)
+
+
+def raise_descriptor_limit() -> None:
+    """One descriptor per client: lift the soft limit (often 1024) toward the hard one,
+    as servers commonly do, so a thousand connections do not exhaust it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, MAX_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)

@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 
 from taskpool import protocol
 from taskpool.errors import InvalidArguments, ProtocolError
+from taskpool.msgpack_claims import check_claims
 from taskpool.protocol import DEFAULT_MAX_FRAME, Decoder, Message, decode_payload, encode
 
 CLASSES: list[type[Message]] = [protocol._BY_CODE[code] for code in sorted(protocol._BY_CODE)]
@@ -847,7 +848,7 @@ def test_the_claims_walk_allocates_nothing_per_token(token: bytes) -> None:
     payload = b"\xdd" + HEADER.pack(count) + token * count
     tracemalloc.start()
     try:
-        protocol._check_claims(payload)
+        check_claims(payload)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
