@@ -41,6 +41,8 @@ class WorkerProc:
     state: WorkerState = WorkerState.BOOTING
     task_id: str | None = None  # the task it is running
     queued: deque = field(default_factory=deque)  # ids sent ahead (prefetch), not started yet, in order
+    running_name: str = ""  # the name of the task it runs, and since when (monotonic)
+    running_since: float = 0.0
     tasks_done: int = 0
     deadline: float | None = None  # task timeout, monotonic
     kill_at: float | None = None  # escalation to SIGKILL, monotonic

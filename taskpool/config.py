@@ -85,6 +85,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prefetch", int, 0,
             "tasks sent ahead to each busy worker when all are busy and more wait: faster for many short tasks, "
             "but a task sent ahead waits behind its worker's current one (0: none)", _not_negative),
+    Setting("prefetch_below", float, 0.005,
+            "seconds: only tasks whose name has averaged less than this are sent ahead, and only to a worker "
+            "whose current task is such a one and has run less than this (inf: any task)", _positive),
     Setting("graceful_timeout", float, 30.0, "seconds a graceful stop waits for running tasks before killing them",
             _not_negative),
     Setting("max_ready", int, 10_000,
@@ -117,6 +120,7 @@ class Config:
     max_tasks_per_worker: int
     max_memory_per_worker: int
     prefetch: int
+    prefetch_below: float
     graceful_timeout: float
     max_ready: int
     result_cache: int

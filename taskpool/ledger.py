@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .protocol import (
@@ -45,8 +45,8 @@ class TaskState:
     progress: float | None = None
     progress_message: str | None = None
     result: Any = None
-    errors: list = field(default_factory=list)
-    worker_pids: list = field(default_factory=list)
+    errors: list | tuple = ()  # a shared empty tuple until the first error: 56 bytes less per READY task
+    worker_pids: list | tuple = ()
     enqueued_at: float = 0.0
     started_at: float | None = None  # the first attempt's start
     last_attempted_at: float | None = None
@@ -58,13 +58,21 @@ class TaskState:
 
     def info_fields(self) -> tuple:
         return (self.task_id, self.name, self.status, self.attempts, self.progress, self.progress_message,
-                self.result, self.errors[-INFO_ERRORS:], self.worker_pids)
+                self.result, list(self.errors[-INFO_ERRORS:]), list(self.worker_pids))
+
+    def add_error(self, error: dict) -> None:
+        if self.errors:
+            self.errors.append(error)  # type: ignore[union-attr]  # a list once non-empty
+        else:
+            self.errors = [error]
 
     def info(self) -> TaskInfo:
         return TaskInfo(*self.info_fields())
 
 
 DEFAULT_MAX_ATTEMPTS = 3
+NO_ARGS: tuple = ()  # shared by every task without arguments, and by finished tasks
+NO_KWARGS: dict = {}  # never mutated: the supervisor only forwards a task's arguments
 INFO_ERRORS = 10  # a TaskInfo reply carries the last errors; the store keeps every one
 
 
@@ -85,6 +93,7 @@ class Ledger:
         self.finished: OrderedDict[str, TaskState] = OrderedDict()
         self.counters = {"submitted": 0, "adopted": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "retried": 0}
         self._listeners: list[Listener] = []
+        self.names: dict[str, str] = {}  # registered task names: one string shared by all their tasks
 
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -96,18 +105,19 @@ class Ledger:
     def get(self, task_id: str) -> TaskState | None:
         return self.active.get(task_id) or self.finished.get(task_id)
 
-    def accept(self, msg: Submit, defaults: dict | None) -> TaskState:
+    def accept(self, msg: Submit, defaults: dict | None, wall_now: float | None = None) -> TaskState:
         """A new READY task; options the Submit left None come from ``defaults``
-        (the task's registered options), else from the built-in defaults."""
+        (the task's registered options), else from the built-in defaults. ``wall_now``:
+        the loop pass's wall clock, one float shared by the tasks it accepts."""
         known = defaults or {}
         task = TaskState(
-            msg.task_id, msg.name, msg.args, msg.kwargs,
+            msg.task_id, self.names.get(msg.name, msg.name), msg.args or NO_ARGS, msg.kwargs or NO_KWARGS,
             _pick(msg.priority, known, "priority", 0),
             msg.run_after,
             _pick(msg.max_attempts, known, "max_attempts", DEFAULT_MAX_ATTEMPTS),
             _pick(msg.timeout, known, "timeout", None),
             _pick(msg.queue, known, "queue", "default"),
-            enqueued_at=time.time(),
+            enqueued_at=time.time() if wall_now is None else wall_now,
         )
         self.active[task.task_id] = task
         self.counters["submitted"] += 1
@@ -119,8 +129,8 @@ class Ledger:
         supervisor held it, or left by one that died)."""
         task = TaskState(
             row.task_id, row.name, row.args, row.kwargs, row.priority, row.run_after, row.max_attempts,
-            row.timeout, row.queue, attempts=row.attempts, errors=list(row.errors),
-            worker_pids=list(row.worker_ids), enqueued_at=row.enqueued_at, started_at=row.started_at,
+            row.timeout, row.queue, attempts=row.attempts, errors=list(row.errors) if row.errors else (),
+            worker_pids=list(row.worker_ids) if row.worker_ids else (), enqueued_at=row.enqueued_at, started_at=row.started_at,
         )
         self.active[task.task_id] = task
         self.counters["adopted"] += 1
@@ -133,7 +143,10 @@ class Ledger:
         task.last_attempted_at = time.time()
         if task.started_at is None:
             task.started_at = task.last_attempted_at
-        task.worker_pids.append(worker_pid)
+        if task.worker_pids:
+            task.worker_pids.append(worker_pid)  # type: ignore[union-attr]  # a list once non-empty
+        else:
+            task.worker_pids = [worker_pid]
         self._tell(task, "started")
 
     def report_progress(self, task: TaskState, percent: float, message: str | None) -> None:
@@ -145,7 +158,7 @@ class Ledger:
         """Back to READY after a failed attempt (the caller queues it again)."""
         task.status = READY
         task.run_after = run_after
-        task.errors.append(error)
+        task.add_error(error)
         self.counters["retried"] += 1
         self._tell(task, "retried")
 
@@ -155,7 +168,7 @@ class Ledger:
         task.status = READY
         task.attempts = max(0, task.attempts - 1)
         if task.worker_pids:
-            task.worker_pids.pop()  # the interrupted run does not count (attempts == len(worker_ids))
+            task.worker_pids.pop()  # type: ignore[union-attr]  # the interrupted run does not count (attempts == len(worker_ids))
         task.progress_message = why
         self._tell(task, "interrupted")
 
@@ -166,12 +179,12 @@ class Ledger:
         self._finish(task, SUCCESSFUL, "succeeded")
 
     def fail(self, task: TaskState, error: dict) -> None:
-        task.errors.append(error)
+        task.add_error(error)
         self._finish(task, FAILED, "failed")
 
     def cancel(self, task: TaskState, error: dict | None = None) -> None:
         if error:
-            task.errors.append(error)
+            task.add_error(error)
         self._finish(task, CANCELLED, "cancelled")
 
     def _finish(self, task: TaskState, status: str, counter: str) -> None:
@@ -179,7 +192,7 @@ class Ledger:
             return
         task.status = status
         task.finished_at = time.time()
-        task.args, task.kwargs = [], {}  # no longer needed; keep memory bounded
+        task.args, task.kwargs = NO_ARGS, NO_KWARGS  # no longer needed; keep memory bounded
         self.counters[counter] += 1
         self.active.pop(task.task_id, None)
         self.finished[task.task_id] = task

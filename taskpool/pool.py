@@ -74,10 +74,12 @@ class WorkerPool:
                 yield worker
 
     def prefetchable(self, limit: int) -> Iterator[WorkerProc]:
-        """Busy workers of the current generation that may be sent tasks ahead."""
+        """Busy workers of the current generation that may be sent tasks ahead: those with at
+        most half of ``limit`` left, so that tasks go out several to a write."""
+        refill_at = limit // 2
         for worker in self.table.values():
             if (worker.state == WorkerState.BUSY and not worker.retire_after_task and worker.conn is not None
-                    and worker.generation == self.generation and len(worker.queued) < limit):
+                    and worker.generation == self.generation and len(worker.queued) <= refill_at):
                 yield worker
 
     def busy(self) -> int:

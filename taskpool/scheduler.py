@@ -45,11 +45,21 @@ class Scheduler:
         self.max_ready = max_ready
         self.durable = durable  # rows live in a store: work beyond max_ready can wait there
         self.accepting = True  # False once the supervisor stops
-        self.task_defaults: dict[str, dict] = {}  # from the current generation's Ready frames
+        self._task_defaults: dict[str, dict] = {}
         self.backlog_in_store = False  # the store may hold READY rows we left there
         self.timeouts = 0
         self.wall_now: float | None = None  # wall clock read with the loop pass's ``now`` (a later read runs delays early)
         self.promised: Callable[[], int] = lambda: 0  # room a pull under way may fill (set by the supervisor)
+
+    @property
+    def task_defaults(self) -> dict[str, dict]:
+        """Registered tasks and their options, from the current generation's Ready frames."""
+        return self._task_defaults
+
+    @task_defaults.setter
+    def task_defaults(self, tasks: dict[str, dict]) -> None:
+        self._task_defaults = tasks
+        self.ledger.names = {name: name for name in tasks}
 
     # -- intake --------------------------------------------------------------
 
@@ -60,7 +70,7 @@ class Scheduler:
             return self._unknown(msg) or Accepted(msg.task_id)
         problem = self._check(msg)
         if problem is None:
-            self.enqueue(self.ledger.accept(msg, self.task_defaults.get(msg.name)), now)
+            self.enqueue(self.ledger.accept(msg, self.task_defaults.get(msg.name), self.wall_now), now)
             return Accepted(msg.task_id)
         if not msg.stored or not self.durable:
             return problem
@@ -151,6 +161,11 @@ class Scheduler:
             task = self.ledger.active.get(task_id)
             if task is not None and task.status == READY:
                 self.ready.push(task_id, task.priority)
+
+    def peek_ready(self) -> TaskState | None:
+        """The task ``next_ready`` would return, left in the queue."""
+        task_id = self.ready.peek()
+        return None if task_id is None else self.ledger.active[task_id]
 
     def next_ready(self) -> TaskState | None:
         task_id = self.ready.pop()

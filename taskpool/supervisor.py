@@ -60,8 +60,10 @@ from .transport import Closed, ensure_private_dir, group_id, listen, raise_descr
 
 log = logging.getLogger("taskpool.supervisor")
 
+REAP_INTERVAL = 1.0  # children are reaped on SIGCHLD; this often anyway, should a signal be missed
 SKIP_GRACE = 0.5  # seconds a worker has to skip a cancelled task sent ahead before it is stopped
 
+DURATION_WEIGHT = 0.2  # weight of the newest run in a task name's average duration (prefetch)
 BOOT_FAILURE_EXIT = 3
 MAX_WAIT = 3600.0
 SWEEP_INTERVAL = 2.0  # seconds between store sweeps (adopt unheld READY rows, recover dead holders)
@@ -108,12 +110,14 @@ class Supervisor:
         self.next_sweep_at = 0.0
         self.drain_deadline: float | None = None
         self.pending_signals: list[int] = []
+        self.next_reap_at = 0.0  # a waitpid() every loop pass was a syscall per pass for nothing
         self.sampler = ProcessSampler()
         self.phase = "starting"
         self.stop_deadline: float | None = None
         self.accept_resume_at: float | None = None  # the listener is paused (out of descriptors) until then
         self.exit_code = 0
         self.counters = {"worker_restarts": 0, "worker_crashes": 0}
+        self.durations: dict[str, float] = {}  # task name -> moving average of its runs, seconds (prefetch)
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.listener: socket.socket | None = None
@@ -253,7 +257,7 @@ class Supervisor:
             getattr(self, f"handle_{name}")(now)
 
     def handle_chld(self, now: float) -> None:
-        pass  # reap_children runs every tick
+        self.next_reap_at = now  # reap_children runs in this pass
 
     def handle_hup(self, now: float) -> None:
         self.reload(now)
@@ -428,6 +432,7 @@ class Supervisor:
         worker.deadline = None
         worker.tasks_done += 1
         worker.state = WorkerState.IDLE
+        self._note_duration(worker.running_name, max(0.0, now - worker.running_since))
         self.scheduler.done(msg.task_id, msg, now)
         if worker.queued:
             self._next_queued(worker, now)
@@ -462,6 +467,9 @@ class Supervisor:
 
     def reap_children(self, now: float) -> None:
         """Account for every child that exited; a fatal one is raised after all are counted."""
+        if now < self.next_reap_at:
+            return
+        self.next_reap_at = now + REAP_INTERVAL
         fatal: SupervisorExit | None = None
         for pid, status in reap():
             try:
@@ -542,20 +550,40 @@ class Supervisor:
                 return
             self._start(worker, task, now)
         if self.config.prefetch and self.scheduler.ready:
-            self._prefetch()
+            self._prefetch(now)
 
-    def _prefetch(self) -> None:
+    def _note_duration(self, name: str, seconds: float) -> None:
+        if name in self.scheduler.ledger.names:  # registered names only: the table stays bounded
+            average = self.durations.get(name)
+            self.durations[name] = seconds if average is None else average + DURATION_WEIGHT * (seconds - average)
+
+    def _quick(self, name: str) -> bool:
+        """Has ``name`` run, on average, for less than ``prefetch_below``?"""
+        average = self.durations.get(name)
+        return average is not None and average < self.config.prefetch_below
+
+    def _prefetch(self, now: float) -> None:
         """Every worker is busy and tasks wait: send each busy worker up to ``prefetch``
         more, so it starts the next one the moment it finishes instead of waiting for
-        the loop to answer its Done. They stay READY (no attempt spent) until started."""
-        limit, max_tasks = self.config.prefetch, self.config.max_tasks_per_worker
+        the loop to answer its Done. They stay READY (no attempt spent) until started.
+
+        Only quick tasks go ahead (their name averages under ``prefetch_below``), and only to
+        a worker whose current task is quick and young: a long task never holds others
+        back, and one sent ahead waits a few milliseconds at most behind its worker. The
+        queue's order holds: a task that may not go ahead stops the sending."""
+        limit, max_tasks, below = self.config.prefetch, self.config.max_tasks_per_worker, self.config.prefetch_below
+        gated = below != float("inf")
         for worker in self.workers.prefetchable(limit):
+            if gated and not (self._quick(worker.running_name) and now - worker.running_since < below):
+                continue
             while len(worker.queued) < limit:
                 if max_tasks and worker.tasks_done + 1 + len(worker.queued) >= max_tasks:
                     break
-                task = self.scheduler.next_ready()
-                if task is None:
+                head = self.scheduler.peek_ready()
+                if head is None or (gated and not self._quick(head.name)):
                     return
+                task = self.scheduler.next_ready()
+                assert task is head
                 worker.queued.append(task.task_id)
                 if not self._send_run(worker, task, task.attempts + 1):
                     break
@@ -569,6 +597,7 @@ class Supervisor:
         worker.state = WorkerState.BUSY
         worker.task_id = task.task_id
         worker.deadline = now + task.timeout if task.timeout else None
+        worker.running_name, worker.running_since = task.name, now
 
     def _send_run(self, worker: WorkerProc, task: TaskState, attempt: int) -> bool:
         return self._send_to_worker(worker, Run(task.task_id, task.name, task.args, task.kwargs, attempt))

@@ -16,7 +16,7 @@ def queued(sup) -> int:
 
 
 def test_a_task_sent_ahead_waits_ready_and_runs_after_the_one_before(start_supervisor, tmp_path):
-    sup = start_supervisor("--workers", "1", "--prefetch", "1")
+    sup = start_supervisor("--workers", "1", "--prefetch", "1", "--prefetch-below", "inf")
     gate, log = tmp_path / "gate", tmp_path / "log"
     blocker = sup.submit(sample_tasks.wait_for_file, str(gate))
     ahead = sup.submit(sample_tasks.record, str(log), "ahead")
@@ -31,7 +31,7 @@ def test_a_task_sent_ahead_waits_ready_and_runs_after_the_one_before(start_super
 
 
 def test_cancelling_a_task_sent_ahead_keeps_it_from_running(start_supervisor, tmp_path):
-    sup = start_supervisor("--workers", "1", "--prefetch", "1")
+    sup = start_supervisor("--workers", "1", "--prefetch", "1", "--prefetch-below", "inf")
     gate, log = tmp_path / "gate", tmp_path / "log"
     blocker = sup.submit(sample_tasks.wait_for_file, str(gate))
     ahead = sup.submit(sample_tasks.record, str(log), "cancelled")
@@ -48,7 +48,7 @@ def test_cancelling_a_task_sent_ahead_keeps_it_from_running(start_supervisor, tm
 
 
 def test_a_dead_worker_gives_back_its_tasks_sent_ahead_without_spending_an_attempt(start_supervisor, tmp_path):
-    sup = start_supervisor("--workers", "1", "--prefetch", "2")
+    sup = start_supervisor("--workers", "1", "--prefetch", "2", "--prefetch-below", "inf")
     gate, log = tmp_path / "gate", tmp_path / "log"
     blocker = sup.submit(sample_tasks.wait_for_file, str(gate))
     ahead = [sup.submit(sample_tasks.record, str(log), f"a{i}") for i in range(2)]
@@ -65,7 +65,7 @@ def test_a_dead_worker_gives_back_its_tasks_sent_ahead_without_spending_an_attem
 
 
 def test_the_timeout_of_a_task_sent_ahead_counts_from_its_own_start(start_supervisor):
-    sup = start_supervisor("--workers", "1", "--prefetch", "1")
+    sup = start_supervisor("--workers", "1", "--prefetch", "1", "--prefetch-below", "inf")
     first = sup.submit(sample_tasks.sleep.using(timeout=5), 1.0, "first")
     second = sup.submit(sample_tasks.sleep.using(timeout=0.8), 0.3, "second")
     wait_until(lambda: queued(sup) == 1, message="the second sent ahead")

@@ -203,3 +203,53 @@ def test_id_pushed_again_after_discard_is_due_at_its_new_time():
     assert heap.next_due() == 20.0
     assert heap.pop_due(15.0) == []
     assert heap.pop_due(20.0) == ["a"]
+
+
+def test_id_pushed_again_at_another_priority_after_discard_keeps_only_the_new_entry():
+    queue = ReadyQueue()
+    queue.push("a", 0)
+    queue.push("b", 0)
+    queue.discard("a")
+    queue.push("a", 5)  # its old entry at 0 is stale; the new one comes first
+    queue.discard("a")
+    queue.push("a", 0)  # behind b now: two stale entries (0 and 5) and one live
+    assert len(queue) == 2
+    assert drain(queue) == ["b", "a"]
+    assert len(queue) == 0
+    assert queue.pop() is None
+
+
+def test_ready_queue_matches_a_reference_model_under_random_operations():
+    import random
+
+    rng = random.Random(5)
+    queue, model, seq = ReadyQueue(), {}, 0  # model: id -> (-priority, push order)
+    for _ in range(5000):
+        op, task_id = rng.random(), f"t{rng.randrange(40)}"
+        if op < 0.5:
+            if task_id not in model:
+                seq += 1
+                model[task_id] = (-rng.randrange(-3, 4), seq)
+                queue.push(task_id, -model[task_id][0])
+        elif op < 0.7:
+            assert queue.discard(task_id) is (model.pop(task_id, None) is not None)
+        else:
+            expected = min(model, key=model.get) if model else None
+            assert queue.peek() == expected
+            assert queue.pop() == expected
+            model.pop(expected, None)
+        assert len(queue) == len(model)
+    assert drain(queue) == sorted(model, key=model.get)
+
+
+def test_peek_shows_what_pop_returns_and_leaves_it():
+    queue = ReadyQueue()
+    assert queue.peek() is None
+    queue.push("low", -1)
+    queue.push("high", 1)
+    queue.push("gone", 2)
+    queue.discard("gone")
+    assert queue.peek() == "high"
+    assert queue.peek() == "high" and len(queue) == 2
+    assert drain(queue) == ["high", "low"]
+    assert queue.peek() is None
