@@ -82,7 +82,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allow_uid", int, (), "another uid allowed to connect (own uid and root always are)", many=True),
     Setting("max_tasks_per_worker", int, 0, "retire a worker after this many tasks (0: never)", _not_negative),
     Setting("max_memory_per_worker", int, 0, "retire a worker whose RSS passes this many MB (0: never)", _not_negative),
-    Setting("prefetch", int, 0,
+    Setting("prefetch", int, 8,
             "tasks sent ahead to each busy worker when all are busy and more wait: faster for many short tasks, "
             "but a task sent ahead waits behind its worker's current one (0: none)", _not_negative),
     Setting("prefetch_below", float, 0.005,

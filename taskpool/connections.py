@@ -18,7 +18,7 @@ import logging
 import os
 import selectors
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from .transport import Closed, FramedConnection, peer_credentials
 log = logging.getLogger("taskpool.supervisor")
 
 ACCEPTS_PER_PASS = 64
+REQUESTS_PER_PASS = 64  # a client's requests handled per loop pass; the rest wait for the next pass
 ACCEPT_PAUSE = 0.25  # seconds without accepting once descriptors run out
 RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -77,6 +78,7 @@ class ConnectionHub:
         self.deadlines: list[tuple[float, int, Waiter]] = []
         self._seq = itertools.count()
         self._next_accept_log = 0.0
+        self.backlogged: set[Client] = set()  # clients with requests received and not yet handled
 
     # -- admission ---------------------------------------------------------
 
@@ -117,22 +119,48 @@ class ConnectionHub:
                 return
             if mask & selectors.EVENT_WRITE:
                 self.flush(client.conn)
-            if mask & selectors.EVENT_READ and not client.closing and not client.closed:
-                self._read(client, now)
+            if mask & selectors.EVENT_READ and not client.closing and not client.closed and client not in self.backlogged:
+                self._read(client, now)  # a backlogged client's requests are taken up by resume()
 
         return on_event
 
     def _read(self, client: Client, now: float) -> None:
+        """Handle up to ``REQUESTS_PER_PASS`` of the client's requests. A burst of 500
+        submits handled in one pass left the workers idle (their tasks sent ahead done, their
+        Dones unread) for milliseconds; the rest now wait in the decoder for the next pass,
+        and the socket is not read meanwhile, so the client's burst stays in its own buffers."""
+        backlogged = client in self.backlogged
+        budget = REQUESTS_PER_PASS
+        messages: Iterator[Message] = iter(())
         try:
-            for msg in client.conn.read():
+            messages = client.conn.decoder.feed(b"") if backlogged else client.conn.read()
+            for msg in messages:
                 if client.closing:
                     break
                 self._handle(client, msg, now)
+                budget -= 1
+                if budget == 0:
+                    self.backlogged.add(client)
+                    return
+            if backlogged:
+                self.backlogged.discard(client)
         except Closed:
             self.drop(client)
         except ProtocolError as exc:
             log.warning("bad frame from client pid %s: %s", client.conn.peer[0], exc)
             self.refuse(client, Error("bad_frame", str(exc)))
+        finally:
+            close = getattr(messages, "close", None)
+            if close is not None:
+                close()  # the frames not handled stay in the decoder's buffer
+
+    def resume(self, now: float) -> None:
+        """Handle the next requests of clients that had more than one pass's worth."""
+        for client in list(self.backlogged):
+            if client.closed or client.closing:
+                self.backlogged.discard(client)
+            else:
+                self._read(client, now)
 
     def _handle(self, client: Client, msg: Message, now: float) -> None:
         if client.greeted:
@@ -190,6 +218,7 @@ class ConnectionHub:
         if client.closed:
             return
         client.closed = True
+        self.backlogged.discard(client)
         self.clients.pop(client.conn.fd, None)
         self.dirty.discard(client.conn)
         self.unregister(client.conn)

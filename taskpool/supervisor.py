@@ -209,6 +209,7 @@ class Supervisor:
 
     def tick(self, events: list, now: float) -> None:
         self.scheduler.wall_now = time.time()
+        self.hub.resume(now)  # one more pass's worth of the requests left waiting by the last one
         for key, mask in events:
             key.data(key, mask, now)
         self.handle_signals(now)
@@ -222,6 +223,8 @@ class Supervisor:
             self._finish_stop(now)
 
     def next_timeout(self, now: float) -> float:
+        if self.hub.backlogged:
+            return 0.0  # requests received wait: look at the other sockets, then go on with them
         candidates = [1.0]
         due = self.scheduler.delayed.next_due()
         if due is not None:

@@ -220,6 +220,10 @@ class Channel:
                 self._inbox.extend(self.decoder.feed(data))
         return self._inbox
 
+    def buffered(self) -> int:
+        """Messages received and not yet taken, without reading the socket."""
+        return len(self._inbox)
+
     def send(self, msg: Message) -> None:
         self.sock.sendall(encode(msg))
 

@@ -15,9 +15,7 @@ get default dispositions again on exec. USR1 asks to reopen log files.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import inspect
 import logging
 import math
 import os
@@ -26,10 +24,12 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any
 
 from . import titles
 from .errors import InvalidArguments, ProtocolError, Retry
+from .outbox import Outbox
 from .protocol import Cancel, Done, Progress, Ready, Run, check_json_compatible, encode
 from .registry import backoff_delay, default_registry
 from .transport import Channel, Closed
@@ -38,6 +38,8 @@ BOOT_ERROR_EXIT = 3
 REPLY_MARGIN = 64 * 1024  # a result leaves this much of a frame (or a quarter) for the reply carrying it
 TRACEBACK_LIMIT = 8 * 1024  # longer tracebacks keep their head and tail
 PROGRESS_INTERVAL = 0.05  # seconds between progress frames; the last value is always sent
+QUICK_TASK = 0.001  # seconds: a Done is held (see outbox.py) while the next task's name averages under this
+DURATION_WEIGHT = 0.2  # weight of the newest run in a name's average duration
 
 log = logging.getLogger("taskpool.worker")
 
@@ -45,8 +47,8 @@ log = logging.getLogger("taskpool.worker")
 class _Context:
     """The task in hand, for ``taskpool.progress``; None outside a worker."""
 
-    def __init__(self, channel: Channel, task_id: str, attempt: int = 1) -> None:
-        self.channel = channel
+    def __init__(self, outbox: Outbox, task_id: str, attempt: int = 1) -> None:
+        self.outbox = outbox
         self.task_id = task_id
         self.attempt = attempt  # 1 on the first run (the Django backend's TaskContext.attempt)
         self.last_sent = 0.0
@@ -59,11 +61,11 @@ class _Context:
             return
         self.unsent = None
         self.last_sent = now
-        self.channel.send(Progress(self.task_id, percent, message))
+        self.outbox.send_message(Progress(self.task_id, percent, message))
 
     def flush(self) -> None:
         if self.unsent is not None:
-            self.channel.send(Progress(self.task_id, *self.unsent))
+            self.outbox.send_message(Progress(self.task_id, *self.unsent))
             self.unsent = None
 
 
@@ -154,15 +156,17 @@ def _call(name: str, args: list, kwargs: dict) -> Any:
     if task is None:
         raise LookupError(f"task {name!r} is not registered in this worker")
     result = task.func(*args, **kwargs)
-    if inspect.iscoroutine(result):
+    if isinstance(result, CoroutineType):  # an async def task; asyncio is imported here, not before the fork
+        import asyncio
+
         result = asyncio.run(result)
     return result
 
 
-def run_one(channel: Channel, msg: Run, max_frame: int, measure_rss: bool) -> None:
-    """Run one task and send its Done frame. Task failures never escape."""
+def run_one(outbox: Outbox, msg: Run, max_frame: int, measure_rss: bool) -> bytes:
+    """Run one task and return its Done frame. Task failures never escape."""
     global _current
-    _current = _Context(channel, msg.task_id, msg.attempt)
+    _current = _Context(outbox, msg.task_id, msg.attempt)
     ok, result, error, retry_in = True, None, None, None
     try:
         result = _call(msg.name, msg.args, msg.kwargs)
@@ -184,13 +188,19 @@ def run_one(channel: Channel, msg: Run, max_frame: int, measure_rss: bool) -> No
     if len(frame) - 4 > limit:
         too_big = InvalidArguments(f"result of {msg.name} is {len(frame)} bytes encoded, over the {limit}-byte result limit")
         frame = encode(Done(msg.task_id, False, None, error_of(too_big), rss))
-    channel.send_bytes(frame)
+    return frame
 
 
 def _rss() -> int:
-    import psutil
+    """This worker's RSS in bytes, from /proc (what psutil reads on Linux), so a worker
+    does not import psutil (~1.4 MiB) to report it; psutil where there is no /proc."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import psutil
 
-    return psutil.Process().memory_info().rss
+        return psutil.Process().memory_info().rss
 
 
 _boundary_hooks: list[Callable[[], None]] = []
@@ -253,8 +263,12 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
     """Run tasks until the supervisor closes the channel."""
     idle_title = f"worker {wid} gen {generation} idle"
     titles.set_title(idle_title)
+    outbox = Outbox(channel)
     cancelled: set[str] = set()  # tasks sent ahead that the supervisor cancelled before they started
+    durations: dict[str, float] = {}  # task name -> average seconds per run, in this worker
     while True:
+        if outbox.held and not channel.buffered():
+            outbox.flush()  # nothing left to run: the supervisor gets every Done before we wait
         try:
             msg = channel.recv()
         except (Closed, ConnectionError):
@@ -267,13 +281,31 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
         if not isinstance(msg, Run):
             raise ProtocolError(f"worker got an unexpected {type(msg).__name__} frame")
         if _cancelled_before_start(channel, msg.task_id, cancelled):
-            channel.send(Done(msg.task_id, False, None, _NOT_STARTED, 0))
+            outbox.send_message(Done(msg.task_id, False, None, _NOT_STARTED, 0))
             continue
         titles.set_title(f"worker {wid} gen {generation} busy {msg.name}")
+        started = time.perf_counter()
         _run_boundary_hooks()
-        run_one(channel, msg, max_frame, measure_rss)
+        frame = run_one(outbox, msg, max_frame, measure_rss)
         _run_boundary_hooks()
-        titles.set_title(idle_title)
+        seconds = time.perf_counter() - started
+        average = durations.get(msg.name)
+        durations[msg.name] = seconds if average is None else average + DURATION_WEIGHT * (seconds - average)
+        if _next_is_quick(channel, durations):
+            outbox.hold(frame)
+        else:
+            outbox.send(frame)
+            titles.set_title(idle_title)
+
+
+def _next_is_quick(channel: Channel, durations: dict[str, float]) -> bool:
+    """Is another task already here, with one more behind it, and quick by its name's
+    average? Then the Done just made can wait for the next write (outbox.py)."""
+    inbox = channel.pending()
+    if len(inbox) < 2 or type(inbox[0]) is not Run:
+        return False
+    average = durations.get(inbox[0].name)
+    return average is not None and average < QUICK_TASK
 
 
 def worker_main(

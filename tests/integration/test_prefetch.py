@@ -82,3 +82,25 @@ def test_prefetch_zero_sends_nothing_ahead(start_supervisor, tmp_path):
     assert sup.stats()["queue"]["ready"] == 1 and queued(sup) == 0
     gate.touch()
     assert waiting.result(timeout=15) == 3
+
+
+def test_quick_tasks_are_sent_ahead_by_default_and_a_long_one_sent_ahead_does_not_hold_back_a_done(
+        start_supervisor, tmp_path):
+    """A worker holds the Done of a quick task while the next quick one runs (outbox.py);
+    when that next one turns out long, the held Done still reaches the supervisor at once."""
+    from taskpool.client import submit_many
+
+    sup = start_supervisor("--workers", "1")  # the default --prefetch and --prefetch-below
+    here, gate = tmp_path / "here", tmp_path / "gate"
+    here.touch()
+    warm = submit_many([(sample_tasks.wait_for_file, (str(here),), {}) for _ in range(30)],
+                       client=sup.client, store=sup.store)
+    assert [h.result(timeout=15) for h in warm] == ["released"] * 30  # the name is now known to be quick
+    quick, slow, after = submit_many(
+        [(sample_tasks.wait_for_file, (str(here),), {}), (sample_tasks.wait_for_file, (str(gate),), {}),
+         (sample_tasks.wait_for_file, (str(here),), {})], client=sup.client, store=sup.store)
+    wait_until(lambda: slow.status == "RUNNING" or queued(sup) > 0, message="the batch dispatched")
+    assert quick.result(timeout=5) == "released"  # not held behind the blocked task
+    assert slow.status == "RUNNING" and after.status == "READY"
+    gate.touch()
+    assert slow.result(timeout=15) == "released" and after.result(timeout=15) == "released"

@@ -388,3 +388,33 @@ def test_next_timeout_moves_on_after_the_nearest_delay_is_taken(sup):
     assert sup.next_timeout(near_due) == pytest.approx(far_due - near_due)
     sup.tick([], far_due)
     assert sup.next_timeout(far_due) == 1.0
+
+
+def test_a_burst_of_requests_is_handled_a_pass_at_a_time_and_fully(sup):
+    import socket
+
+    from taskpool.connections import REQUESTS_PER_PASS
+    from taskpool.protocol import MAGIC, PROTOCOL_VERSION, Hello, encode
+    from taskpool.transport import Channel
+
+    n = REQUESTS_PER_PASS * 2 + 5
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(sup.socket_path)
+    burst = encode(Hello(MAGIC, PROTOCOL_VERSION)) + b"".join(encode(Submit(f"t{i}", "mod.task", [], {})) for i in range(n))
+    sock.sendall(burst)
+    held, timeouts = [], []
+    for _ in range(50):
+        sup.tick(sup.selector.select(0.2), NOW)
+        held.append(len(sup.scheduler.ledger.active))
+        timeouts.append(sup.next_timeout(NOW))
+        if held[-1] == n:
+            break
+    steps = [b - a for a, b in zip([0, *held], held, strict=False)]
+    assert held[-1] == n
+    assert max(steps) <= REQUESTS_PER_PASS and sum(1 for s in steps if s) >= 3  # three passes at least
+    assert timeouts[-2] == 0.0  # more were waiting: the loop did not sleep between passes
+    channel = Channel(sock, 1 << 20)
+    replies = [channel.recv() for _ in range(n + 1)]
+    assert [type(r).__name__ for r in replies[1:]] == ["Accepted"] * n
+    assert [r.task_id for r in replies[1:]] == [f"t{i}" for i in range(n)]
+    sock.close()
