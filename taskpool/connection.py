@@ -73,7 +73,7 @@ class Client:
             channel.close()
             raise SupervisorUnavailable(f"unexpected handshake reply {type(reply).__name__} from {self.path}")
         self.welcome = reply
-        local.channel, local.pid = channel, os.getpid()
+        local.channel, local.pid, local.timeout = channel, os.getpid(), self.timeout  # connect() set it
         local.known_names = set()  # task names this supervisor has accepted on this connection
         return channel
 
@@ -82,6 +82,14 @@ class Client:
         self._channel()
         assert self.welcome is not None
         return self.welcome
+
+    def _settimeout(self, channel: Channel, timeout: float) -> None:
+        """Set the socket timeout only when it changes: each set is a system call (the
+        socket is put in blocking or non-blocking mode again), paid by every submit()."""
+        local = self._local
+        if local.timeout != timeout:
+            channel.settimeout(timeout)
+            local.timeout = timeout
 
     def _forget(self) -> None:
         channel = getattr(self._local, "channel", None)
@@ -106,7 +114,7 @@ class Client:
         for attempt in (1, 2):
             channel = self._channel()
             try:
-                channel.settimeout(self.timeout + wait)
+                self._settimeout(channel, self.timeout + wait)
                 channel.send_bytes(data)
                 replies = [channel.recv() for _ in msgs]
                 break
@@ -137,7 +145,7 @@ class Client:
         for attempt in (1, 2):
             channel = self._channel()
             try:
-                channel.settimeout(self.timeout)
+                self._settimeout(channel, self.timeout)
                 channel.send_bytes(data)
                 return
             except TimeoutError:

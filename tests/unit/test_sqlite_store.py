@@ -1,0 +1,129 @@
+"""The sqlite store's write path: the JSON text of a row, one-row inserts as a single
+autocommit statement, batches all or nothing. No supervisor needed."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+
+import pytest
+
+from taskpool.errors import StoreError
+from taskpool.stores import sqlite as sqlite_store
+from taskpool.stores.base import TaskRow
+from taskpool.stores.sqlite import COLUMNS, JSON_COLUMNS, SqliteStore
+
+REFERENCE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # what rows were written with
+
+VALUES = [
+    None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 0.1, -2.5e-308, 1e300, 3.0,
+    "", "plain", "é ü 中文 \U0001f600", 'quote " backslash \\ newline \n tab \t nul \x00',
+    [], {}, [1, "a", None, [2, [3, {}]]], {"k": {"nested": [1.5, {"deep": "x"}]}, "": []},
+    (1, 2), [(3, 4)],
+]
+
+
+def reference_params(row: TaskRow) -> tuple:
+    """The parameters as the store made them before (a generator over all columns)."""
+    return tuple(
+        ("[]" if value == [] else REFERENCE(value)) if column in JSON_COLUMNS else value
+        for column, value in zip(COLUMNS, (getattr(row, c) for c in COLUMNS), strict=True)
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteStore.open(str(tmp_path / "spool"))
+    yield s
+    s.close()
+
+
+def other_connection(store: SqliteStore) -> sqlite3.Connection:
+    return sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_dumps_gives_the_same_text_as_the_json_encoder(value):
+    assert sqlite_store._dumps(value) == REFERENCE(value)
+
+
+def test_dumps_skips_the_per_call_encoder_on_cpython():
+    assert sqlite_store._dumps is not sqlite_store._ENCODER.encode
+
+
+def test_dumps_refuses_what_the_json_encoder_refuses():
+    for bad in (object(), {1: {2j}}, [b"bytes"]):
+        with pytest.raises(TypeError):
+            REFERENCE(bad)
+        with pytest.raises(TypeError):
+            sqlite_store._dumps(bad)
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_row_parameters_are_unchanged(value):
+    row = TaskRow("t" * 32, "m.f", [value], {"v": value}, result=value, errors=[{"e": value}], worker_ids=[1, 2])
+    assert tuple(sqlite_store._to_params(row)) == reference_params(row)
+    fresh = TaskRow("t" * 32, "m.f", [], {})  # a new READY row: empty lists, no result
+    assert tuple(sqlite_store._to_params(fresh)) == reference_params(fresh)
+
+
+def test_one_row_insert_is_committed_when_insert_returns(store):
+    row = TaskRow("a" * 32, "m.f", [1, "x"], {"k": [None]}, enqueued_at=12.5)
+    store.insert([row])
+    assert not store._connection().in_transaction
+    with other_connection(store) as db:  # another process's view: committed, not pending
+        found = db.execute("SELECT name, args, kwargs, status, result, errors FROM taskpool_task").fetchall()
+    assert found == [("m.f", '[1,"x"]', '{"k":[null]}', "READY", "null", "[]")]
+    assert store.fetch("a" * 32) == row
+
+
+def test_one_row_insert_failure_is_a_store_error_and_leaves_no_transaction(store):
+    row = TaskRow("b" * 32, "m.f", [], {})
+    store.insert([row])
+    with pytest.raises(StoreError, match="UNIQUE"):
+        store.insert([row])
+    assert not store._connection().in_transaction
+    store.insert([TaskRow("c" * 32, "m.f", [], {})])  # the connection is still usable
+    assert store.counts() == {"READY": 2}
+
+
+def test_a_value_json_refuses_writes_nothing(store):
+    for rows in ([TaskRow("d" * 32, "m.f", [object()], {})],
+                 [TaskRow("e" * 32, "m.f", [], {}), TaskRow("f" * 32, "m.f", [object()], {})]):
+        with pytest.raises(TypeError):
+            store.insert(rows)
+    assert store.counts() == {}
+    assert not store._connection().in_transaction
+
+
+def test_a_batch_is_all_or_nothing(store):
+    store.insert([TaskRow("g" * 32, "m.f", [], {})])
+    with pytest.raises(StoreError):
+        store.insert([TaskRow("h" * 32, "m.f", [], {}), TaskRow("g" * 32, "m.f", [], {})])
+    assert store.fetch("h" * 32) is None
+    store.insert([TaskRow("i" * 32, "m.f", [], {}), TaskRow("j" * 32, "m.f", [], {})])
+    assert store.counts() == {"READY": 3}
+
+
+def test_one_row_insert_waits_for_another_writer(store):
+    """Like BEGIN IMMEDIATE, the single statement waits (busy timeout) for a writer that
+    holds the lock, rather than failing with 'database is locked'."""
+    holder = other_connection(store)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO taskpool_supervisor VALUES ('s', 'h', 1, 0, 0)")
+    releaser = threading.Timer(0.2, lambda: holder.execute("COMMIT"))  # while the insert waits, most likely
+    releaser.start()
+    try:
+        store.insert([TaskRow("k" * 32, "m.f", [], {})])
+    finally:
+        releaser.join()
+        holder.close()
+    assert store.fetch("k" * 32) is not None
+    assert [r.supervisor_id for r in store.supervisors()] == ["s"]
+
+
+def test_the_database_keeps_wal_and_synchronous_normal(store):
+    db = store._connection()
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
