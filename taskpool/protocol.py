@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from math import isfinite
@@ -305,11 +306,24 @@ def _reject_value(value: object) -> None:
     raise InvalidArguments(f"{type(value).__name__} is not a JSON-compatible value")
 
 
+_packers = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's Packer: ``packb`` builds one per call, half the cost of a small frame.
+    A Packer resets itself after a failed pack, and is not shared between threads."""
+    try:
+        return _packers.packer
+    except AttributeError:
+        _packers.packer = packer = msgpack.Packer(default=_reject_value, use_bin_type=True)
+        return packer
+
+
 def encode(msg: Message) -> bytes:
     """One frame: header and payload. Raises InvalidArguments for unencodable values."""
     values = [msg.type_code, *msg._getter(msg)]
     try:
-        payload = msgpack.packb(values, default=_reject_value, use_bin_type=True)
+        payload = _packer().pack(values)
     except (OverflowError, ValueError, TypeError) as exc:
         raise InvalidArguments(f"cannot encode {type(msg).__name__}: {exc}") from None
     return HEADER.pack(len(payload)) + payload

@@ -559,3 +559,34 @@ def test_json_like_values_round_trip_exactly_inside_submit(args, kwargs):
     assert isinstance(decoded, Submit)
     assert_same(decoded.args, args)
     assert_same(decoded.kwargs, kwargs)
+
+
+def test_a_failed_encode_leaves_nothing_behind_for_the_next_frame():
+    from taskpool.errors import InvalidArguments
+    from taskpool.protocol import Accepted, Run, decode_payload, encode
+
+    with pytest.raises(InvalidArguments):
+        encode(Run("t1", "mod.task", [1, 2, object()], {}, 1))
+    frame = encode(Accepted("t2"))
+    assert decode_payload(frame[4:]) == Accepted("t2")
+
+
+def test_threads_encoding_at_once_each_get_their_own_frames():
+    import threading
+
+    from taskpool.protocol import Run, decode_payload, encode
+
+    bad: list[str] = []
+
+    def work(n: int) -> None:
+        for i in range(300):
+            msg = Run(f"t{n}-{i}", "mod.task", [n, i, "x" * (i % 50)], {"n": n}, 1)
+            if decode_payload(encode(msg)[4:]) != msg:
+                bad.append(msg.task_id)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert bad == []
