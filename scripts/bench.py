@@ -205,10 +205,10 @@ def wait_all(handles: Sequence[TaskHandle], timeout: float = 600.0) -> list:
 class TaskpoolRunner:
     """A supervisor subprocess on a temp spool, and this process as its one producer."""
 
-    def __init__(self, store: str, prefetch: int = 0) -> None:
+    def __init__(self, store: str, prefetch: int | None = None) -> None:
         self.store_name = store
-        self.prefetch = prefetch
-        self.name = f"taskpool ({store})" if not prefetch else f"taskpool ({store}, prefetch {prefetch})"
+        self.prefetch = prefetch  # None: the supervisor's default
+        self.name = f"taskpool ({store})" if prefetch is None else f"taskpool ({store}, prefetch {prefetch})"
 
     def prepare(self) -> None:
         """Set up what the producer needs before the supervisor starts (nothing here)."""
@@ -231,7 +231,8 @@ class TaskpoolRunner:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "taskpool", "--spool", str(self.spool), "--workers", str(WORKERS),
              "--import", "bench_tasks", "--store", self.store_name, "--log-level", "WARNING",
-             "--max-ready", str(MAX_READY), "--result-cache", str(MAX_READY), "--prefetch", str(self.prefetch)],
+             "--max-ready", str(MAX_READY), "--result-cache", str(MAX_READY),
+             *([] if self.prefetch is None else ["--prefetch", str(self.prefetch)])],
             env=self.supervisor_env(), start_new_session=True,
         )
         try:
@@ -449,10 +450,10 @@ RUNNERS = (
     Spec("executor", "ProcessPoolExecutor", ExecutorRunner),
     Spec("memory", "taskpool (memory)", lambda: TaskpoolRunner("memory")),
     Spec("sqlite", "taskpool (sqlite)", lambda: TaskpoolRunner("sqlite")),
-    # the same with --prefetch 2 (off by default: a task sent ahead waits behind its worker's
-    # current one; see docs/operations.md): what sending ahead buys on throughput
-    Spec("memory-prefetch", "taskpool (memory, prefetch 2)", lambda: TaskpoolRunner("memory", prefetch=2)),
-    Spec("sqlite-prefetch", "taskpool (sqlite, prefetch 2)", lambda: TaskpoolRunner("sqlite", prefetch=2)),
+    # the same with --prefetch 0 (the default sends quick tasks ahead to busy workers; see
+    # docs/operations.md): what sending ahead buys
+    Spec("memory-prefetch0", "taskpool (memory, prefetch 0)", lambda: TaskpoolRunner("memory", prefetch=0)),
+    Spec("sqlite-prefetch0", "taskpool (sqlite, prefetch 0)", lambda: TaskpoolRunner("sqlite", prefetch=0)),
     Spec("django", "taskpool (django)", DjangoRunner, isolated=True),
 )
 

@@ -10,7 +10,7 @@ import sys
 from helpers import ROOT
 
 RUNNERS = {"multiprocessing.Pool", "ProcessPoolExecutor", "taskpool (memory)", "taskpool (sqlite)", "taskpool (django)",
-           "taskpool (memory, prefetch 2)", "taskpool (sqlite, prefetch 2)"}
+           "taskpool (memory, prefetch 0)", "taskpool (sqlite, prefetch 0)"}
 KEYS = {"w1_tasks_per_s", "w1_single_tasks_per_s", "w2_p50_us", "w2_p99_us", "w3_p50_us", "w3_p99_us", "w4_efficiency"}
 TASKPOOL_KEYS = {"idle_rss_mib", "backlog_rss_mib", "idle_pss_mib", "backlog_pss_mib", "start_rss_mib", "backlog_ready"}
 
