@@ -10,13 +10,11 @@ Exit codes: 0 clean stop, 1 runtime error, 2 bad usage or configuration,
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 
 from . import __version__
-from .client import Client
 from .config import Config, add_arguments, load_config, resolve_socket
 from .errors import ConfigError, RemoteError, SupervisorUnavailable
 from .protocol import StatsRequest
@@ -24,10 +22,27 @@ from .protocol import StatsRequest
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's default formatter at the width it would pick itself, measured without
+    argparse's ``import shutil``: that brings zlib, bz2 and lzma into the supervisor, and
+    whatever the supervisor has imported when it forks counts again in each child's RSS."""
+    try:
+        columns = int(os.environ["COLUMNS"])  # the order shutil.get_terminal_size() uses
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return argparse.HelpFormatter(prog, width=(columns or 80) - 2)
+
+
 def run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taskpool-supervisor",
         description="Run the taskpool supervisor (use 'taskpool-supervisor status' to query one).",
+        formatter_class=_help_formatter,
     )
     parser.add_argument("--version", action="version", version=f"taskpool {__version__}")
     add_arguments(parser)
@@ -35,7 +50,8 @@ def run_parser() -> argparse.ArgumentParser:
 
 
 def status_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taskpool-supervisor status", description="Show a running supervisor's status.")
+    parser = argparse.ArgumentParser(prog="taskpool-supervisor status", description="Show a running supervisor's status.",
+                                     formatter_class=_help_formatter)
     parser.add_argument("--spool", default=None, help="spool directory (socket at SPOOL/taskpool.sock)")
     parser.add_argument("--socket", default=None, help="socket path")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -142,6 +158,10 @@ def format_table(data: dict) -> str:
 
 
 def status(argv: list[str]) -> int:
+    import json  # the client side is imported here: a supervisor (run) never needs it
+
+    from .connection import Client
+
     args = status_parser().parse_args(argv)
     spool = args.spool or os.environ.get("TASKPOOL_SPOOL") or django_defaults().get("spool")
     path = resolve_socket(spool, args.socket or os.environ.get("TASKPOOL_SOCKET") or django_defaults().get("socket"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -54,6 +53,8 @@ class TaskOptions:
 def backoff_delay(attempt: int, base: float, ceiling: float) -> float:
     """Exponential backoff with jitter: about base * 2**(attempt-1), capped at ceiling,
     drawn from its upper half so retries of many tasks spread out but never bunch at 0."""
+    import random  # on the retry path only: the supervisor imports this module before it forks
+
     delay = min(ceiling, base * 2 ** max(0, attempt - 1))
     return delay / 2 + random.uniform(0, delay / 2)
 
