@@ -154,8 +154,10 @@ class RecorderLink:
     def next_write_at(self) -> float | None:
         """When the pending rows should leave: a full batch at once, else ``WRITE_DELAY``
         after the first one, so a task's RUNNING and final states (and a web request's
-        next insert) do not each meet a transaction of the recorder's."""
-        if not self.pending:
+        next insert) do not each meet a transaction of the recorder's. None while nothing
+        can leave (no recorder, or ``MAX_IN_FLIGHT`` batches unacknowledged): the loop would
+        otherwise spin until the recorder answers; its answer wakes the loop instead."""
+        if not self.pending or self.conn is None or len(self.in_flight) >= MAX_IN_FLIGHT:
             return None
         if len(self.pending) >= MAX_BATCH:
             return 0.0

@@ -23,7 +23,6 @@ import selectors
 import signal
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -94,7 +93,7 @@ class Supervisor:
             os.path.abspath(config.spool),
         )
         self.workers = WorkerPool(config.workers, self._spawn, self.hub.unregister)
-        self.supervisor_id = uuid.uuid4().hex
+        self.supervisor_id = os.urandom(16).hex()  # uuid would import platform before the fork
         self.recorder: RecorderLink | None = None
         if config.store != "memory":
             settings = RecorderSettings(

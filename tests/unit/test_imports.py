@@ -22,6 +22,7 @@ from taskpool.health import ProcessSampler
 
 # Each is needed in one process or on a rare path only, and imported there:
 NOT_BEFORE_FORK = (
+    "uuid",  # the supervisor's id is os.urandom(16).hex()
     "asyncio",  # worker: only for a task that returns a coroutine
     "ssl",  # came with asyncio
     "subprocess",  # came with asyncio
