@@ -12,6 +12,7 @@ never sees a row in an older state than the supervisor has already reported.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -167,9 +168,11 @@ class RecorderLink:
         while self.conn is not None and self.pending and len(self.in_flight) < MAX_IN_FLIGHT:
             batch = []
             holder = self.settings.supervisor_id
-            for task_id in list(self.pending)[:MAX_BATCH]:
+            for task_id in list(itertools.islice(self.pending, MAX_BATCH)):  # not list(pending): 100k ids per batch
                 entry = self.pending.pop(task_id)
                 batch.append(entry if type(entry) is dict else snapshot(entry, holder))
+            if not self.pending:
+                self.pending = {}  # a dict never shrinks: a drained backlog's table goes back to the OS
             next_seq = self.seq + 1
             parts = encode_chunks(lambda rows, seq=next_seq: Record(seq, rows), batch, self.conn.decoder.max_frame)
             for rows, frame in parts:  # each part is its own batch, acknowledged on its own
