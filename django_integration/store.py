@@ -192,7 +192,8 @@ class DjangoStore(Store):
         ]
         converters = self._converters or []
         for probe in probes:
-            django_way = [v if c is None else c(v) for v, c in zip(_model_values(probe, FIELDS).values(), converters, strict=True)]
+            django_values = _model_values(probe, FIELDS).values()
+            django_way = [v if c is None else c(v) for v, c in zip(django_values, converters, strict=True)]
             if [v if c is None else c(v) for v, c in zip(_row_values(probe), plain, strict=True)] != django_way:
                 log.info("task rows go through Django's field conversion (a faster path disagreed with it)")
                 return None
