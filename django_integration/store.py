@@ -59,7 +59,7 @@ class DjangoStore(Store):
         self.records = TaskRecord.objects
         self.model = TaskRecord
         self.heartbeats = SupervisorHeartbeat.objects
-        self._statements: tuple[str, str] | None = None
+        self._statements: tuple[str, str, str] | None = None
         self._converters: list | None = None
         self._plain: list | None = None
 
@@ -109,9 +109,9 @@ class DjangoStore(Store):
 
     # -- recorder side -----------------------------------------------------------
 
-    def record(self, rows: Sequence[TaskRow]) -> None:
+    def record(self, rows: Sequence[TaskRow], held: Sequence[str] = (), holder: str | None = None) -> None:
         if connection.vendor in UPSERT_VENDORS:
-            self._guard("record", lambda: self._upsert(rows))
+            self._guard("record", lambda: self._upsert(rows, held, holder))
             return
 
         def work() -> None:
@@ -127,12 +127,15 @@ class DjangoStore(Store):
                         setattr(record, name, value)
                     updates.append(record)
                 self.model.objects.bulk_update(updates, list(MUTABLE))
+                if held:
+                    self.records.filter(pk__in=held, status=READY).update(held_by=holder)
 
         self._guard("record", work)
 
-    def _sql(self) -> tuple[str, str]:
-        """(INSERT, INSERT .. ON CONFLICT DO UPDATE) for a whole row; SQLite and PostgreSQL
-        speak the same dialect. Built once per process."""
+    def _sql(self) -> tuple[str, str, str]:
+        """(INSERT, INSERT .. ON CONFLICT DO UPDATE, the UPDATE of held_by that claims a stored
+        submit) for a whole row; SQLite and PostgreSQL speak the same dialect. Built once per
+        process."""
         if self._statements is None:
             meta, quote = self.model._meta, connection.ops.quote_name
             table = quote(meta.db_table)
@@ -142,7 +145,9 @@ class DjangoStore(Store):
             updates = ", ".join(f"{column} = excluded.{column}" for column in mutable)
             upsert = (f"{insert} ON CONFLICT ({quote(meta.pk.column)}) DO UPDATE SET {updates} "
                       f"WHERE {table}.{quote(meta.get_field('status').column)} NOT IN {FINAL_SQL}")
-            self._statements = (insert, upsert)
+            hold = (f"UPDATE {table} SET {quote(meta.get_field('held_by').column)} = %s "
+                    f"WHERE {quote(meta.pk.column)} = %s AND {quote(meta.get_field('status').column)} = '{READY}'")
+            self._statements = (insert, upsert, hold)
         return self._statements
 
     def _params(self, rows: Sequence[TaskRow]) -> list[list]:
@@ -199,14 +204,17 @@ class DjangoStore(Store):
                 return None
         return plain
 
-    def _upsert(self, rows: Sequence[TaskRow]) -> None:
+    def _upsert(self, rows: Sequence[TaskRow], held: Sequence[str] = (), holder: str | None = None) -> None:
         """One INSERT .. ON CONFLICT DO UPDATE per row, never touching a final row. A write
         from the first statement on, so on SQLite the transaction takes the write lock at
         once (waiting its busy timeout) instead of reading first and failing with
         "database is locked" when another connection commits in between; and no
         CASE-per-column bulk_update."""
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.executemany(self._sql()[1], self._params(rows))
+            if rows:
+                cursor.executemany(self._sql()[1], self._params(rows))
+            if held:
+                cursor.executemany(self._sql()[2], [(holder, task_id) for task_id in held])
 
     def _write_first(self) -> None:
         """On SQLite, take the write lock before reading (a no-op UPDATE does): a deferred

@@ -121,7 +121,7 @@ class Ledger:
         )
         self.active[task.task_id] = task
         self.counters["submitted"] += 1
-        self._tell(task, "accepted")
+        self._tell(task, "stored" if msg.stored else "accepted")  # stored: the client wrote its row
         return task
 
     def adopt(self, row: Any) -> TaskState:

@@ -3,7 +3,7 @@
 Forked and supervised by the supervisor (which never touches the database), it
 reads frames from its socketpair::
 
-    Record(seq, rows) -> store.record(rows) in one transaction -> Recorded(seq)
+    Record(seq, rows) -> store.record(rows, held) in one transaction -> Recorded(seq)
     Pull(limit, horizon) -> heartbeat, recover what dead supervisors held,
                             claim unheld READY rows -> Adopt(rows, report)
 
@@ -75,8 +75,13 @@ class Recorder:
                 reopen_logs_if_asked()
                 continue
             if isinstance(msg, Record):
-                rows = [TaskRow(**row) for row in msg.rows]
-                self._persist(lambda rows=rows: self.store.record(rows))
+                rows, held = [], []
+                for row in msg.rows:  # a two-key row only claims a stored submit (RecorderLink.note)
+                    if len(row) == 2 and "held_by" in row:
+                        held.append(row["task_id"])
+                    else:
+                        rows.append(TaskRow(**row))
+                self._persist(lambda rows=rows, held=held: self.store.record(rows, held, self.settings.supervisor_id))
                 self.channel.send(Recorded(msg.seq))
             elif isinstance(msg, Pull):
                 self.answer_pull(self.sweep(msg.limit, msg.horizon, msg.release_mine))
@@ -192,7 +197,7 @@ def recorder_main(sock: socket.socket, settings: RecorderSettings) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     titles.set_title(f"recorder {settings.store} {settings.spool}")
     sock.setblocking(True)
-    channel = Channel(sock, max(64 * 1024 * 1024, settings.max_frame * 16))
+    channel = Channel(sock, max(64 * 1024 * 1024, settings.max_frame * 16), trusted=True)
     try:
         try:
             store = open_store(settings.store, settings.spool)

@@ -134,9 +134,19 @@ class RecorderLink:
 
     # -- data ----------------------------------------------------------------
 
-    def note(self, task: TaskState) -> None:
+    def note(self, task: TaskState, hold_only: bool = False) -> None:
         """The row is written as it is when the batch leaves (its latest state), so a task
-        accepted, started and finished between two batches costs one snapshot."""
+        accepted, started and finished between two batches costs one snapshot.
+
+        ``hold_only``: a stored submit just accepted: its row, as the client wrote it, only
+        needs to say this supervisor holds it. A two-key row asks for that (an UPDATE of one
+        column) unless a fuller state is noted before the batch leaves: half of the rows a
+        burst of submits made the recorder write, a full upsert each."""
+        if hold_only:
+            if not self.pending:
+                self.first_pending_at = time.monotonic()
+            self.pending.setdefault(task.task_id, {"task_id": task.task_id, "held_by": self.settings.supervisor_id})
+            return
         if not self.pending:
             self.first_pending_at = time.monotonic()
         self.pending[task.task_id] = task

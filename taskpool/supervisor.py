@@ -654,7 +654,7 @@ class Supervisor:
 
     def _on_task_event(self, task: TaskState, event: str) -> None:
         if self.recorder is not None:
-            self.recorder.note(task)
+            self.recorder.note(task, hold_only=event == "stored")
         if event == "finished":
             self.hub.finished(task.task_id, task.info())
 

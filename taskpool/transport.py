@@ -200,9 +200,9 @@ class Channel:
 
     __slots__ = ("sock", "decoder", "_inbox", "_eof")
 
-    def __init__(self, sock: socket.socket, max_frame: int) -> None:
+    def __init__(self, sock: socket.socket, max_frame: int, trusted: bool = False) -> None:
         self.sock = sock
-        self.decoder = Decoder(max_frame)
+        self.decoder = Decoder(max_frame, trusted)  # trusted: the peer is our own supervisor
         self._inbox: list[Message] = []
         self._eof = False
 

@@ -315,7 +315,7 @@ def worker_main(
     """Entry point in the forked child; returns the exit code."""
     _install_signals()
     sock.setblocking(True)
-    channel = Channel(sock, max_frame)
+    channel = Channel(sock, max_frame, trusted=True)
     try:
         if not boot(channel, modules, generation, wid, post_fork):
             return BOOT_ERROR_EXIT

@@ -123,8 +123,10 @@ class Store(ABC):
     # -- recorder side -------------------------------------------------------
 
     @abstractmethod
-    def record(self, rows: Sequence[TaskRow]) -> None:
-        """Upsert the mutable columns of each row, one transaction; final stays final."""
+    def record(self, rows: Sequence[TaskRow], held: Sequence[str] = (), holder: str | None = None) -> None:
+        """Upsert the mutable columns of each row, and mark the rows ``held`` (stored submits
+        the supervisor accepted) held by ``holder`` if still READY: one transaction; final
+        stays final."""
 
     @abstractmethod
     def claim(self, supervisor_id: str, limit: int, horizon: float) -> list[TaskRow]:

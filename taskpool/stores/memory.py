@@ -28,7 +28,7 @@ class MemoryStore(Store):
     def cancel_ready(self, task_id: str, now: float, held_by: str | None) -> bool:
         return False
 
-    def record(self, rows: Sequence[TaskRow]) -> None:
+    def record(self, rows: Sequence[TaskRow], held: Sequence[str] = (), holder: str | None = None) -> None:
         pass
 
     def claim(self, supervisor_id: str, limit: int, horizon: float) -> list[TaskRow]:

@@ -78,6 +78,9 @@ _UPSERT = (
 )
 
 
+_HOLD = f"UPDATE taskpool_task SET held_by = ? WHERE task_id = ? AND status = '{READY}'"
+
+
 def _retry_locked(statement: Callable[[], object]) -> None:
     """Run a statement SQLite may refuse at once with "database is locked" even with a
     busy timeout (changing the journal mode, the first schema script) while another
@@ -255,9 +258,12 @@ class SqliteStore(Store):
 
     # -- recorder side -------------------------------------------------------------
 
-    def record(self, rows: Sequence[TaskRow]) -> None:
+    def record(self, rows: Sequence[TaskRow], held: Sequence[str] = (), holder: str | None = None) -> None:
         with self._transaction() as db:
-            db.executemany(_UPSERT, [_to_params(r) for r in rows])
+            if rows:
+                db.executemany(_UPSERT, [_to_params(r) for r in rows])
+            if held:
+                db.executemany(_HOLD, [(holder, task_id) for task_id in held])
 
     def claim(self, supervisor_id: str, limit: int, horizon: float) -> list[TaskRow]:
         with self._transaction() as db:

@@ -50,3 +50,14 @@ def test_rows_written_the_plain_way_read_back_unchanged():
                 assert got == pytest.approx(want, abs=1e-5), name
             else:
                 assert got == want, name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_record_holds_ready_rows_and_leaves_final_ones_alone():
+    store = DjangoStore()
+    store.insert([TaskRow("ready", "m.t", [1], {}, enqueued_at=1.0), TaskRow("done", "m.t", [], {}, enqueued_at=1.0)])
+    store.record([TaskRow("done", "m.t", [], {}, status="SUCCESSFUL", attempts=1, result=3, enqueued_at=1.0)])
+    store.record([], held=["ready", "done", "missing"], holder="sup")
+    assert (store.fetch("ready").status, store.fetch("ready").held_by) == ("READY", "sup")
+    assert (store.fetch("done").status, store.fetch("done").held_by) == ("SUCCESSFUL", None)
+    assert store.fetch("missing") is None

@@ -590,3 +590,15 @@ def test_threads_encoding_at_once_each_get_their_own_frames():
     for t in threads:
         t.join(30)
     assert bad == []
+
+
+def test_only_untrusted_decoders_walk_container_claims(monkeypatch):
+    from taskpool.protocol import Decoder, Record, encode
+
+    walked: list[int] = []
+    monkeypatch.setattr(protocol, "check_claims", lambda payload: walked.append(len(payload)))
+    frame = encode(Record(1, [{"task_id": f"t{i}"} for i in range(20)]))  # an array16 header: 0xdc
+    assert list(Decoder(1 << 20, trusted=True).feed(frame)) == [Record(1, [{"task_id": f"t{i}"} for i in range(20)])]
+    assert walked == []
+    assert len(list(Decoder(1 << 20).feed(frame))) == 1
+    assert walked == [len(frame) - 4]

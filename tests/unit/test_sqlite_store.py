@@ -127,3 +127,15 @@ def test_the_database_keeps_wal_and_synchronous_normal(store):
     db = store._connection()
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_record_holds_ready_rows_in_the_same_transaction_and_leaves_others_alone(store):
+    store.insert([TaskRow("ready", "m.t", [1], {}), TaskRow("done", "m.t", [], {}), TaskRow("other", "m.t", [], {})])
+    store.record([TaskRow("done", "m.t", [], {}, status="SUCCESSFUL", attempts=1, result=3, held_by="sup")])
+    store.record([TaskRow("other", "m.t", [], {}, status="RUNNING", attempts=1, held_by="sup")],
+                 held=["ready", "done", "missing"], holder="sup")
+    ready, done, other = (store.fetch(i) for i in ("ready", "done", "other"))
+    assert (ready.status, ready.held_by, ready.args) == ("READY", "sup", [1])  # only held_by changed
+    assert (done.status, done.result) == ("SUCCESSFUL", 3)  # final rows are never touched
+    assert (other.status, other.held_by) == ("RUNNING", "sup")
+    assert store.fetch("missing") is None  # a hold creates nothing
