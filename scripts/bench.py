@@ -565,14 +565,60 @@ def check_targets(medians: dict[str, dict], ratios: dict[str, dict]) -> list[dic
     return out
 
 
+def _echo(sock: Any, relay: Any = None) -> None:
+    """In a forked child: answer every message (through ``relay`` first, if given)."""
+    while data := sock.recv(64):
+        if relay is not None:
+            relay.sendall(data)
+            data = relay.recv(64)
+        sock.sendall(data)
+    os._exit(0)
+
+
+def socket_floor(n: int) -> dict[str, float]:
+    """The latency floor of this machine, measured in the same run: p50 round trips of a
+    one-byte message between two Python processes over a Unix socketpair, and through a
+    middle process (client -> middle -> end and back: the shape of submit-and-wait through
+    a supervisor to a worker), with no framing, decoding or bookkeeping at all."""
+    import socket
+
+    figures = {}
+    for key, hops in (("floor_rtt_2proc_us", 1), ("floor_rtt_3proc_us", 2)):
+        ends = [socket.socketpair() for _ in range(hops)]
+        pids = []
+        for i in range(hops):  # child i answers on ends[i][1], relaying to ends[i + 1][0]
+            pid = os.fork()
+            if pid == 0:
+                _echo(ends[i][1], ends[i + 1][0] if i + 1 < hops else None)
+            pids.append(pid)
+        ours = ends[0][0]
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            ours.sendall(b"x")
+            ours.recv(64)
+            times.append(elapsed_since(start))
+        for pid in pids:  # each child holds copies of every end: no EOF would reach it
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        for a, b in ends:
+            a.close()
+            b.close()
+        figures[key] = percentile(times, 0.5) * 1e6
+    return figures
+
+
 def print_report(medians: dict[str, dict], ratios: dict[str, dict], targets: list[dict], backlog: int,
-                 quick: bool) -> None:
+                 quick: bool, floor: dict[str, float] | None = None) -> None:
     print(f"\n{'':24}" + "".join(f"{heading:>13}" for _, heading, _ in COLUMNS))
     for name, m in medians.items():
         print(f"{name:24}" + "".join(f"{m[k]:>13{fmt}}" if k in m else f"{'-':>13}" for k, _, fmt in COLUMNS))
         if name in ratios:
             r = ratios[name]
             print(f"{'  ratio to Pool':24}" + "".join(f"{r[k]:>12.2f}x" if k in r else f"{'':>13}" for k, _, _ in COLUMNS))
+    if floor:
+        print(f"\nfloor (this machine, this run): socket round trip p50 {floor['floor_rtt_2proc_us']:.1f} us between two "
+              f"processes, {floor['floor_rtt_3proc_us']:.1f} us through a middle one")
     note = " (--quick; the issue's figure is 100,000)" if quick else ""
     print(f"\nbacklog: {backlog:,} READY no-ops{note}, supervisor --max-ready {MAX_READY}; "
           f"W1/W4 wait with {'taskpool.wait()' if hasattr(taskpool, 'wait') else 'h.result() per handle'}")
@@ -623,7 +669,8 @@ def main() -> int:
     medians = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
     ratios = ratios_to_pool(runs)
     targets = check_targets(medians, ratios)
-    print_report(medians, ratios, targets, sizes["backlog"], args.quick)
+    floor = socket_floor(sizes["w2"] * 2)
+    print_report(medians, ratios, targets, sizes["backlog"], args.quick, floor)
     elapsed = time.monotonic() - started
     print(f"\nfinished in {elapsed:.1f} s", file=sys.stderr)
     if args.json:
@@ -631,7 +678,7 @@ def main() -> int:
             "sizes": sizes, "repeat": repeat, "quick": args.quick, "workers": WORKERS, "max_ready": MAX_READY,
             "waiting": "taskpool.wait" if hasattr(taskpool, "wait") else "result_per_handle",
             "runners": [s.name for s in specs], "medians": medians, "ratios_to_pool": ratios,
-            "targets": targets, "runs": runs, "elapsed_s": elapsed,
+            "targets": targets, "runs": runs, "floor": floor, "elapsed_s": elapsed,
         }, indent=2))
     return 0
 

@@ -35,3 +35,6 @@ def test_quick_bench_produces_every_figure_for_every_runner(tmp_path):
     assert targets and all(t["met"] in (True, False) for t in targets), targets  # every runner ran: all judged
     assert {t["runner"] for t in targets} <= RUNNERS
     assert "ratio to Pool" in proc.stdout and "targets (issue 5)" in proc.stdout
+    floor = report["floor"]
+    assert floor["floor_rtt_2proc_us"] > 0 and floor["floor_rtt_3proc_us"] > 0, floor
+    assert "floor (this machine, this run)" in proc.stdout
