@@ -32,6 +32,7 @@ WRITE_DELAY = 0.01  # seconds a status change may wait to share the recorder's n
 INTERNAL_FRAME = 64 * 1024 * 1024  # frames between supervisor and recorder (a trusted channel)
 RESPAWN_DELAYS = (0.0, 0.2, 1.0, 2.0, 5.0)
 SPAWN_RETRY = 1.0  # seconds before forking again after fork itself failed
+HOLD = "hold"  # pending entry of a stored submit just accepted: only held_by is written (note)
 
 
 def snapshot(task: TaskState, holder: str) -> dict:
@@ -63,7 +64,7 @@ class RecorderLink:
         self.pid: int | None = None
         self.down_since: float | None = None  # monotonic time the recorder went away (None: up)
         self.conn: FramedConnection | None = None
-        self.pending: dict[str, TaskState | dict] = {}  # a live task, or a row sent before and not acknowledged
+        self.pending: dict[str, TaskState | dict | str] = {}  # a live task, a row sent before and not acknowledged, or HOLD
         self.in_flight: dict[int, tuple[float, list[dict]]] = {}
         self.seq = 0
         self.first_pending_at = 0.0  # monotonic; when the oldest pending row was noted
@@ -145,7 +146,7 @@ class RecorderLink:
         if hold_only:
             if not self.pending:
                 self.first_pending_at = time.monotonic()
-            self.pending.setdefault(task.task_id, {"task_id": task.task_id, "held_by": self.settings.supervisor_id})
+            self.pending.setdefault(task.task_id, HOLD)  # the row is made at flush: no dict per waiting task
             return
         if not self.pending:
             self.first_pending_at = time.monotonic()
@@ -180,7 +181,10 @@ class RecorderLink:
             holder = self.settings.supervisor_id
             for task_id in list(itertools.islice(self.pending, MAX_BATCH)):  # not list(pending): 100k ids per batch
                 entry = self.pending.pop(task_id)
-                batch.append(entry if type(entry) is dict else snapshot(entry, holder))
+                if entry is HOLD:
+                    batch.append({"task_id": task_id, "held_by": holder})
+                else:
+                    batch.append(entry if type(entry) is dict else snapshot(entry, holder))
             if not self.pending:
                 self.pending = {}  # a dict never shrinks: a drained backlog's table goes back to the OS
             next_seq = self.seq + 1

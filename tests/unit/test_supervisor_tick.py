@@ -111,7 +111,7 @@ def test_submit_without_run_after_goes_to_the_ready_queue(sup):
     assert len(sup.scheduler.ready) == 1
     assert len(sup.scheduler.delayed) == 0
     task = sup.scheduler.ledger.get("a")
-    assert (task.status, task.name, task.args, task.kwargs) == (READY, "mod.task", [1], {"k": "v"})
+    assert (task.status, task.name, list(task.args), task.kwargs) == (READY, "mod.task", [1], {"k": "v"})
     assert (task.priority, task.max_attempts, task.timeout, task.queue) == (0, 3, None, "default")
     assert sup.scheduler.ledger.counters["submitted"] == 1
 
@@ -254,7 +254,7 @@ def test_repeated_submit_with_the_same_id_is_accepted_once(sup):
     assert sup.scheduler.ledger.counters["submitted"] == 1
     assert len(sup.scheduler.ready) == 1
     task = sup.scheduler.ledger.get("same")
-    assert task.args == [1]
+    assert list(task.args) == [1]  # kept as a tuple
     assert task.priority == 0
     assert pop_all(sup) == ["same"]
 
