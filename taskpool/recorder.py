@@ -76,11 +76,11 @@ class Recorder:
                 continue
             if isinstance(msg, Record):
                 rows, held = [], []
-                for row in msg.rows:  # a two-key row only claims a stored submit (RecorderLink.note)
-                    if len(row) == 2 and "held_by" in row:
-                        held.append(row["task_id"])
+                for row in msg.rows:  # lists in TaskRow's order; [task id, holder] only claims a stored submit
+                    if len(row) == 2:
+                        held.append(row[0])
                     else:
-                        rows.append(TaskRow(**row))
+                        rows.append(TaskRow(*row))
                 self._persist(lambda rows=rows, held=held: self.store.record(rows, held, self.settings.supervisor_id))
                 self.channel.send(Recorded(msg.seq))
             elif isinstance(msg, Pull):

@@ -21,7 +21,6 @@ from .children import describe_exit, fork_child, kill
 from .ledger import TaskState
 from .protocol import Adopt, Error, Message, Pull, Record, Recorded, encode, encode_chunks
 from .recorder import RecorderSettings, recorder_main
-from .stores.base import TaskRow
 from .transport import Closed, FramedConnection
 
 log = logging.getLogger("taskpool.supervisor")
@@ -35,14 +34,18 @@ SPAWN_RETRY = 1.0  # seconds before forking again after fork itself failed
 HOLD = "hold"  # pending entry of a stored submit just accepted: only held_by is written (note)
 
 
-def snapshot(task: TaskState, holder: str) -> dict:
-    """The task as a store row (every column; the store updates only the mutable ones)."""
-    return TaskRow(
-        task.task_id, task.name, task.args, task.kwargs, task.queue, task.priority, task.run_after,
-        task.timeout, task.max_attempts, task.status, task.attempts, task.enqueued_at, task.started_at,
-        task.finished_at, task.last_attempted_at, list(task.worker_pids), task.progress, task.progress_message,
-        task.result, list(task.errors), holder,
-    ).as_dict()
+def snapshot(task: TaskState, holder: str) -> list:
+    """The task as a store row: every column, in ``TaskRow``'s order (the store updates only
+    the mutable ones). A list, not a map: half the bytes to encode, send and decode."""
+    run = task.run
+    if run is None:
+        started = finished = last = progress = message = result = None
+    else:
+        started, finished, last = run.started_at, run.finished_at, run.last_attempted_at
+        progress, message, result = run.progress, run.progress_message, run.result
+    return [task.task_id, task.name, task.args, task.kwargs, task.queue, task.priority, task.run_after,
+            task.timeout, task.max_attempts, task.status, task.attempts, task.enqueued_at, started, finished, last,
+            list(task.worker_pids), progress, message, result, list(task.errors), holder]
 
 
 class RecorderLink:
@@ -64,8 +67,8 @@ class RecorderLink:
         self.pid: int | None = None
         self.down_since: float | None = None  # monotonic time the recorder went away (None: up)
         self.conn: FramedConnection | None = None
-        self.pending: dict[str, TaskState | dict | str] = {}  # a live task, a row sent before and not acknowledged, or HOLD
-        self.in_flight: dict[int, tuple[float, list[dict]]] = {}
+        self.pending: dict[str, TaskState | list | str] = {}  # a live task, a row sent before and not acknowledged, or HOLD
+        self.in_flight: dict[int, tuple[float, list[list]]] = {}
         self.seq = 0
         self.first_pending_at = 0.0  # monotonic; when the oldest pending row was noted
         self.pull_sent_at: float | None = None
@@ -115,7 +118,7 @@ class RecorderLink:
         self.down_since = now
         for _, (_, rows) in sorted(self.in_flight.items()):
             for row in rows:
-                self.pending.setdefault(row["task_id"], row)
+                self.pending.setdefault(row[0], row)  # row[0]: the task id
         self.in_flight.clear()
         if self.pull_sent_at is not None:
             self.release_next = True
@@ -140,8 +143,8 @@ class RecorderLink:
         accepted, started and finished between two batches costs one snapshot.
 
         ``hold_only``: a stored submit just accepted: its row, as the client wrote it, only
-        needs to say this supervisor holds it. A two-key row asks for that (an UPDATE of one
-        column) unless a fuller state is noted before the batch leaves: half of the rows a
+        needs to say this supervisor holds it. A two-item row, [task id, holder], asks for that
+        (an UPDATE of one column) unless a fuller state is noted before the batch leaves: half of the rows a
         burst of submits made the recorder write, a full upsert each."""
         if hold_only:
             if not self.pending:
@@ -182,9 +185,9 @@ class RecorderLink:
             for task_id in list(itertools.islice(self.pending, MAX_BATCH)):  # not list(pending): 100k ids per batch
                 entry = self.pending.pop(task_id)
                 if entry is HOLD:
-                    batch.append({"task_id": task_id, "held_by": holder})
+                    batch.append([task_id, holder])
                 else:
-                    batch.append(entry if type(entry) is dict else snapshot(entry, holder))
+                    batch.append(entry if type(entry) is list else snapshot(entry, holder))
             if not self.pending:
                 self.pending = {}  # a dict never shrinks: a drained backlog's table goes back to the OS
             next_seq = self.seq + 1

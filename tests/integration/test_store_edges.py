@@ -39,7 +39,7 @@ def test_a_store_that_cannot_be_opened_stops_the_start_with_a_clear_message(star
 
 
 def test_batches_are_split_to_fit_a_frame():
-    rows = [{"task_id": str(i), "args": ["x" * 1000]} for i in range(50)]
+    rows = [[str(i), "mod.task", ["x" * 1000]] for i in range(50)]
     parts = encode_chunks(lambda chunk: Record(1, chunk), rows, 10_000)
     assert len(parts) > 1
     assert all(len(frame) - 4 <= 10_000 for _, frame in parts)
