@@ -655,7 +655,7 @@ class Supervisor:
     def _on_task_event(self, task: TaskState, event: str) -> None:
         if self.recorder is not None:
             self.recorder.note(task, hold_only=event == "stored")
-        if event == "finished":
+        if event == "finished" and task.task_id in self.hub.waiters:  # a TaskInfo only for someone waiting
             self.hub.finished(task.task_id, task.info())
 
     # -- the store ------------------------------------------------------------------
