@@ -10,6 +10,10 @@ Workloads (2 workers, one producer); the JSON keys in brackets:
                  The baselines submit one task per call either way: both keys are their one figure.
                  taskpool waits with taskpool.wait(handles) where the client has it, then reads
                  each result (cached by then); without it, h.result() per handle.
+                 [w1_cpu_us_supervisor, _workers, _recorder, _client] taskpool, JSON only: CPU
+                                         microseconds per task of each process (workers summed)
+                                         during the submit_many run; [w1_cpu_us_total] every
+                                         runner: all its processes together
   W2 latency:    sequential round trips: submit one no-op, wait for its result [w2_p50_us, w2_p99_us]
   W3 submit:     the submit() call alone, as a view pays it [w3_p50_us, w3_p99_us]. memory and
                  sqlite: taskpool.submit(). django: a view-like function with the ORM on SQLite:
@@ -96,6 +100,19 @@ def elapsed_since(start: float) -> float:
 # -- baselines ------------------------------------------------------------------
 
 
+def _tree_cpu() -> float:
+    """CPU seconds of this process and its children so far."""
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children()]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 class BaselineRunner:
     """The workloads for a stdlib pool; subclasses say only how to start and stop it,
     submit a call and get its result, so both baselines run exactly the same loops."""
@@ -123,12 +140,15 @@ class BaselineRunner:
         self.stop()
 
     def throughput(self, n: int) -> dict[str, float]:
+        before = _tree_cpu()
         start = time.perf_counter()
         pending = [self.call(bench_tasks.noop_fn, i) for i in range(n)]
         for p in pending:
             self.get(p)
         rate = n / elapsed_since(start)
-        return {"w1_tasks_per_s": rate, "w1_single_tasks_per_s": rate}  # one call per task either way
+        cpu = (_tree_cpu() - before) / n * 1e6  # this process (all its threads) and its pool's workers
+        return {"w1_tasks_per_s": rate, "w1_single_tasks_per_s": rate, "w1_cpu_us_total": cpu}  # one call per task
+
 
     def latency(self, n: int) -> list[float]:
         out = []
@@ -279,7 +299,24 @@ class TaskpoolRunner:
         handle = taskpool.submit(bench_tasks.noop, i)
         return handle, elapsed_since(start)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by the supervisor, its workers (summed), its recorder and
+        this process (the producer)."""
+        def used(proc: psutil.Process) -> float:
+            times = proc.cpu_times()
+            return times.user + times.system
+
+        top = psutil.Process(self.proc.pid)
+        out = {"supervisor": used(top), "workers": 0.0, "recorder": 0.0, "client": used(psutil.Process())}
+        for child in top.children():
+            try:
+                out["recorder" if "recorder" in child.name() + " ".join(child.cmdline()) else "workers"] += used(child)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
     def throughput(self, n: int) -> dict[str, float]:
+        before = self.cpu_seconds()
         start = time.perf_counter()
         handles: list[TaskHandle] = []
         for base in range(0, n, BATCH):
@@ -287,10 +324,14 @@ class TaskpoolRunner:
             handles += submit_many(calls, client=self.client, store=self.store)
         wait_all(handles)
         many = n / elapsed_since(start)
+        after = self.cpu_seconds()
+        # CPU per task of each process during W1 (submit_many): where the two cores went
+        cpu = {f"w1_cpu_us_{k}": (after[k] - before[k]) / n * 1e6 for k in after}
+        cpu["w1_cpu_us_total"] = sum(cpu.values())
         start = time.perf_counter()
         handles = [taskpool.submit(bench_tasks.noop, i) for i in range(n)]
         wait_all(handles)
-        return {"w1_tasks_per_s": many, "w1_single_tasks_per_s": n / elapsed_since(start)}
+        return {"w1_tasks_per_s": many, "w1_single_tasks_per_s": n / elapsed_since(start), **cpu}
 
     def latency(self, n: int) -> list[float]:
         out = []
