@@ -602,3 +602,20 @@ def test_only_untrusted_decoders_walk_container_claims(monkeypatch):
     assert walked == []
     assert len(list(Decoder(1 << 20).feed(frame))) == 1
     assert walked == [len(frame) - 4]
+
+
+def test_messages_built_in_python_keep_dataclass_behaviour():
+    import dataclasses
+
+    from taskpool.protocol import Done, Submit
+
+    msg = Submit("t", "n", [1], {}, queue="q")
+    assert (msg.priority, msg.queue, msg.stored, msg.reply) == (None, "q", False, True)
+    assert msg == Submit(task_id="t", name="n", args=[1], kwargs={}, queue="q") and hash(Done("a", True, 1, None, 0))
+    with pytest.raises(TypeError):
+        Submit("t", "n", [1])  # kwargs missing
+    with pytest.raises(TypeError):
+        Done("a", True, 1, None, 0, None, "extra")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        msg.name = "other"
+    assert dataclasses.replace(msg, reply=False).reply is False
