@@ -57,7 +57,8 @@ class Outbox:
         if self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="taskpool-outbox", daemon=True)
             self._watchdog.start()
-        self._armed.set()
+        if not self._armed.is_set():  # set() takes a lock and notifies: not once per task of a burst
+            self._armed.set()
 
     def flush(self) -> None:
         """Write the held frames, if any."""

@@ -301,7 +301,9 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
 def _next_is_quick(channel: Channel, durations: dict[str, float]) -> bool:
     """Is another task already here, with one more behind it, and quick by its name's
     average? Then the Done just made can wait for the next write (outbox.py)."""
-    inbox = channel.pending()
+    inbox = channel.received()
+    if len(inbox) < 2:
+        inbox = channel.pending()  # a syscall only when what is already here does not decide
     if len(inbox) < 2 or type(inbox[0]) is not Run:
         return False
     average = durations.get(inbox[0].name)
