@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import RunningSupervisor  # noqa: E402
+from helpers import RawConnection, RunningSupervisor  # noqa: E402
 
 
 @pytest.fixture
@@ -45,3 +46,19 @@ def plain_client_settings(request):
     if "django" not in request.node.path.parts:
         taskpool.configure(spool="", socket="", store="", immediate=False)
     yield
+
+
+@pytest.fixture
+def raw() -> Iterator[Callable[..., RawConnection]]:
+    """Factory: raw(path) -> RawConnection (a client speaking the wire format by hand); every
+    one is closed at teardown."""
+    opened: list[RawConnection] = []
+
+    def connect(path: str, timeout: float = 10.0) -> RawConnection:
+        conn = RawConnection(path, timeout)
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
+        conn.close()

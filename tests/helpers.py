@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import psutil
 import taskpool
 from taskpool.client import Client, submit_many
 from taskpool.errors import SupervisorUnavailable
-from taskpool.protocol import StatsRequest
+from taskpool.protocol import MAGIC, PROTOCOL_VERSION, Decoder, Hello, Message, StatsRequest, Welcome, encode
 from taskpool.stores import open_store
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -145,3 +146,52 @@ def pid_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+class RawConnection:
+    """A plain AF_UNIX socket speaking (or not) the wire format by hand."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.decoder = Decoder(64 * 1024 * 1024)
+        self.inbox: list[Message] = []
+
+    def send(self, *msgs: Message) -> None:
+        self.sock.sendall(b"".join(encode(m) for m in msgs))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _read(self) -> bytes:
+        try:
+            return self.sock.recv(256 * 1024)
+        except ConnectionResetError:  # the peer closed with our bytes unread: also an EOF
+            return b""
+
+    def recv(self) -> Message:
+        while not self.inbox:
+            data = self._read()
+            if not data:
+                raise EOFError("the supervisor closed the connection")
+            self.inbox.extend(self.decoder.feed(data))
+        return self.inbox.pop(0)
+
+    def read_until_eof(self) -> list[Message]:
+        """Every message left until the supervisor closes the connection."""
+        msgs, self.inbox = self.inbox, []
+        while True:
+            data = self._read()
+            if not data:
+                return msgs
+            msgs.extend(self.decoder.feed(data))
+
+    def hello(self) -> Welcome:
+        self.send(Hello(MAGIC, PROTOCOL_VERSION))
+        reply = self.recv()
+        assert isinstance(reply, Welcome), reply
+        return reply
+
+    def close(self) -> None:
+        self.sock.close()

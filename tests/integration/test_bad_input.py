@@ -7,7 +7,6 @@ a normal client: a bad peer may lose its own connection, never the service.
 from __future__ import annotations
 
 import math
-import socket
 import threading
 import time
 
@@ -15,7 +14,7 @@ import msgpack
 import psutil
 import pytest
 import sample_tasks
-from helpers import wait_until
+from helpers import RawConnection, wait_until
 
 import taskpool
 from taskpool import protocol
@@ -43,70 +42,6 @@ HOSTILE_IMPORTS = ("sample_tasks", "hostile_tasks")
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-class RawConnection:
-    """A plain AF_UNIX socket speaking (or not) the wire format by hand."""
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
-        self.decoder = Decoder(64 * 1024 * 1024)
-        self.inbox: list[Message] = []
-
-    def send(self, *msgs: Message) -> None:
-        self.sock.sendall(b"".join(encode(m) for m in msgs))
-
-    def send_bytes(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _read(self) -> bytes:
-        try:
-            return self.sock.recv(256 * 1024)
-        except ConnectionResetError:  # the peer closed with our bytes unread: also an EOF
-            return b""
-
-    def recv(self) -> Message:
-        while not self.inbox:
-            data = self._read()
-            if not data:
-                raise EOFError("the supervisor closed the connection")
-            self.inbox.extend(self.decoder.feed(data))
-        return self.inbox.pop(0)
-
-    def read_until_eof(self) -> list[Message]:
-        """Every message left until the supervisor closes the connection."""
-        msgs, self.inbox = self.inbox, []
-        while True:
-            data = self._read()
-            if not data:
-                return msgs
-            msgs.extend(self.decoder.feed(data))
-
-    def hello(self) -> Welcome:
-        self.send(Hello(MAGIC, PROTOCOL_VERSION))
-        reply = self.recv()
-        assert isinstance(reply, Welcome), reply
-        return reply
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def raw():
-    """Factory: raw(path) -> RawConnection; all closed at teardown."""
-    opened: list[RawConnection] = []
-
-    def connect(path: str, timeout: float = 10.0) -> RawConnection:
-        conn = RawConnection(path, timeout)
-        opened.append(conn)
-        return conn
-
-    yield connect
-    for conn in opened:
-        conn.close()
 
 
 def example(cls: type[Message]) -> Message:

@@ -42,7 +42,7 @@ import durable_tasks
 import psutil
 import pytest
 import sample_tasks
-from helpers import ROOT, TESTS_DIR, RunningSupervisor, pid_gone, wait_until
+from helpers import ROOT, TESTS_DIR, RawConnection, RunningSupervisor, pid_gone, wait_until
 
 import taskpool
 from taskpool.client import build_submit, row_of, submit_many
@@ -73,52 +73,6 @@ def report(text: str) -> None:
     print(f"\n[hostile] {text}")
 
 
-class Raw:
-    """A hand-driven AF_UNIX client: whatever a hostile peer would send, nothing more."""
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
-        self.decoder = Decoder(64 * MIB)
-        self.inbox: list[Message] = []
-
-    def send(self, *msgs: Message) -> None:
-        self.sock.sendall(b"".join(encode(m) for m in msgs))
-
-    def recv(self) -> Message:
-        while not self.inbox:
-            data = self.sock.recv(256 * 1024)
-            if not data:
-                raise EOFError("the supervisor closed the connection")
-            self.inbox.extend(self.decoder.feed(data))
-        return self.inbox.pop(0)
-
-    def hello(self) -> Welcome:
-        self.send(Hello(MAGIC, PROTOCOL_VERSION))
-        reply = self.recv()
-        assert isinstance(reply, Welcome), reply
-        return reply
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def raw() -> Iterator[Callable[..., Raw]]:
-    """Factory: raw(path) -> Raw; every one still open is closed at teardown."""
-    opened: list[Raw] = []
-
-    def connect(path: str, timeout: float = 10.0) -> Raw:
-        conn = Raw(path, timeout)
-        opened.append(conn)
-        return conn
-
-    yield connect
-    for conn in opened:
-        conn.close()
-
-
 def holds_for(condition: Callable[[], Any], duration: float) -> bool:
     """True if ``condition`` stays truthy for ``duration`` seconds (checked every 50 ms);
     False as soon as it is not, or raises SupervisorUnavailable."""
@@ -134,7 +88,7 @@ def holds_for(condition: Callable[[], Any], duration: float) -> bool:
         time.sleep(0.05)
 
 
-def greet_all(conns: list[Raw], quiet: float, timeout: float = 10.0) -> list[Raw]:
+def greet_all(conns: list[RawConnection], quiet: float, timeout: float = 10.0) -> list[RawConnection]:
     """Send Hello on every connection; return those answered with Welcome before none
     has been answered for ``quiet`` seconds (or ``timeout`` has passed)."""
     for conn in conns:
@@ -142,12 +96,12 @@ def greet_all(conns: list[Raw], quiet: float, timeout: float = 10.0) -> list[Raw
     return collect_welcomes(conns, quiet, timeout)
 
 
-def collect_welcomes(conns: list[Raw], quiet: float, timeout: float) -> list[Raw]:
+def collect_welcomes(conns: list[RawConnection], quiet: float, timeout: float) -> list[RawConnection]:
     """The connections (of those Hello was sent on) whose Welcome arrives in time."""
     selector = selectors.DefaultSelector()
     for conn in conns:
         selector.register(conn.sock, selectors.EVENT_READ, conn)
-    answered: list[Raw] = []
+    answered: list[RawConnection] = []
     deadline = time.monotonic() + timeout
     try:
         while len(answered) < len(conns) and time.monotonic() < deadline:
@@ -628,7 +582,7 @@ def test_wall_clock_jumps_do_not_move_timeouts_held_delays_or_heartbeats(start_s
 FD_LIMIT = 64
 
 
-def exhaust_descriptors(sup: RunningSupervisor, raw: Callable[..., Raw]) -> list[Raw]:
+def exhaust_descriptors(sup: RunningSupervisor, raw: Callable[..., RawConnection]) -> list[RawConnection]:
     """Lower the supervisor's soft RLIMIT_NOFILE to FD_LIMIT (prlimit on the running
     process) and connect until accept() fails with EMFILE; returns the connections."""
     proc = psutil.Process(sup.pid)
