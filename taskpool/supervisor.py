@@ -31,13 +31,13 @@ from . import __version__, titles
 from .children import WorkerProc, WorkerState, describe_exit, kill, reap, spawn
 from .config import Config, load_config
 from .connections import ACCEPT_PAUSE, Client, ConnectionHub
+from .dispatch import Dispatcher
 from .errors import ConfigError, ProtocolError
 from .health import ProcessSampler, build_stats
 from .ledger import TaskState
 from .locks import hold_lock
 from .pool import WorkerPool
 from .protocol import (
-    READY,
     Adopt,
     Cancel,
     Done,
@@ -47,7 +47,6 @@ from .protocol import (
     Query,
     QueryMany,
     Ready,
-    Run,
     Stats,
     StatsRequest,
     Submit,
@@ -60,9 +59,7 @@ from .transport import Closed, ensure_private_dir, group_id, listen, raise_descr
 log = logging.getLogger("taskpool.supervisor")
 
 REAP_INTERVAL = 1.0  # children are reaped on SIGCHLD; this often anyway, should a signal be missed
-SKIP_GRACE = 0.5  # seconds a worker has to skip a cancelled task sent ahead before it is stopped
 
-DURATION_WEIGHT = 0.2  # weight of the newest run in a task name's average duration (prefetch)
 BOOT_FAILURE_EXIT = 3
 MAX_WAIT = 3600.0
 SWEEP_INTERVAL = 2.0  # seconds between store sweeps (adopt unheld READY rows, recover dead holders)
@@ -116,7 +113,7 @@ class Supervisor:
         self.accept_resume_at: float | None = None  # the listener is paused (out of descriptors) until then
         self.exit_code = 0
         self.counters = {"worker_restarts": 0, "worker_crashes": 0}
-        self.durations: dict[str, float] = {}  # task name -> moving average of its runs, seconds (prefetch)
+        self.dispatcher = Dispatcher(config, self.scheduler, self.workers, self.hub.mark_dirty)
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.listener: socket.socket | None = None
@@ -216,7 +213,8 @@ class Supervisor:
         self.check_timers(now)
         self.manage_workers(now)
         self.sync_store(now)
-        self.dispatch(now)
+        if self.phase == "running":
+            self.dispatcher.dispatch(now)
         self.hub.flush_output()
         if self.phase == "stopping" and not self.workers:
             self._finish_stop(now)
@@ -366,6 +364,7 @@ class Supervisor:
         if config.socket_path != self.socket_path:
             log.warning("SIGHUP: the socket path cannot change on reload; keeping %s", self.socket_path)
         self.config = config
+        self.dispatcher.config = config
         self.workers.target = config.workers
         self.handle_usr1(now)
         self.workers.begin_reload()
@@ -434,24 +433,12 @@ class Supervisor:
         worker.deadline = None
         worker.tasks_done += 1
         worker.state = WorkerState.IDLE
-        self._note_duration(worker.running_name, max(0.0, now - worker.running_since))
+        self.dispatcher.note_duration(worker.running_name, max(0.0, now - worker.running_since))
         self.scheduler.done(msg.task_id, msg, now)
         if worker.queued:
-            self._next_queued(worker, now)
+            self.dispatcher.next_queued(worker, now)
         if self._should_retire(worker, msg.rss):
             self.workers.retire(worker, now, self.config.graceful_timeout)  # a busy one finishes its queue first
-
-    def _next_queued(self, worker: WorkerProc, now: float) -> None:
-        """The worker has just started the task it was sent ahead: account for it. If that
-        task was cancelled meanwhile, the worker was sent a Cancel and answers with a Done
-        without running it; should it have started it already (the Cancel came too late),
-        it is stopped like any running task that is cancelled, after ``SKIP_GRACE``."""
-        task_id = worker.queued.popleft()
-        task = self.scheduler.ledger.active.get(task_id)
-        if task is None or task.status != READY:
-            worker.state, worker.task_id, worker.deadline = WorkerState.BUSY, task_id, now + SKIP_GRACE
-            return
-        self._begin(worker, task, now)
 
     def _should_retire(self, worker: WorkerProc, rss: int) -> bool:
         limit_tasks, limit_mb = self.config.max_tasks_per_worker, self.config.max_memory_per_worker
@@ -541,80 +528,6 @@ class Supervisor:
         if task_id is not None:
             self.scheduler.timed_out(task_id, worker.pid, now)
 
-    # -- dispatch --------------------------------------------------------------
-
-    def dispatch(self, now: float) -> None:
-        if self.phase != "running" or not self.scheduler.ready:
-            return
-        for worker in self.workers.idle():
-            task = self.scheduler.next_ready()
-            if task is None:
-                return
-            self._start(worker, task, now)
-        if self.config.prefetch and self.scheduler.ready:
-            self._prefetch(now)
-
-    def _note_duration(self, name: str, seconds: float) -> None:
-        if name in self.scheduler.ledger.names:  # registered names only: the table stays bounded
-            average = self.durations.get(name)
-            self.durations[name] = seconds if average is None else average + DURATION_WEIGHT * (seconds - average)
-
-    def _quick(self, name: str) -> bool:
-        """Has ``name`` run, on average, for less than ``prefetch_below``?"""
-        average = self.durations.get(name)
-        return average is not None and average < self.config.prefetch_below
-
-    def _prefetch(self, now: float) -> None:
-        """Every worker is busy and tasks wait: send each busy worker up to ``prefetch``
-        more, so it starts the next one the moment it finishes instead of waiting for
-        the loop to answer its Done. They stay READY (no attempt spent) until started.
-
-        Only quick tasks go ahead (their name averages under ``prefetch_below``), and only to
-        a worker whose current task is quick and young: a long task never holds others
-        back, and one sent ahead waits a few milliseconds at most behind its worker. The
-        queue's order holds: a task that may not go ahead stops the sending."""
-        limit, max_tasks, below = self.config.prefetch, self.config.max_tasks_per_worker, self.config.prefetch_below
-        gated = below != float("inf")
-        for worker in self.workers.prefetchable(limit):
-            if gated and not (self._quick(worker.running_name) and now - worker.running_since < below):
-                continue
-            while len(worker.queued) < limit:
-                if max_tasks and worker.tasks_done + 1 + len(worker.queued) >= max_tasks:
-                    break
-                head = self.scheduler.peek_ready()
-                if head is None or (gated and not self._quick(head.name)):
-                    return
-                task = self.scheduler.next_ready()
-                assert task is head
-                worker.queued.append(task.task_id)
-                if not self._send_run(worker, task, task.attempts + 1):
-                    break
-
-    def _start(self, worker: WorkerProc, task: TaskState, now: float) -> None:
-        self._begin(worker, task, now)
-        self._send_run(worker, task, task.attempts)
-
-    def _begin(self, worker: WorkerProc, task: TaskState, now: float) -> None:
-        self.scheduler.start(task, worker.pid)
-        worker.state = WorkerState.BUSY
-        worker.task_id = task.task_id
-        worker.deadline = now + task.timeout if task.timeout else None
-        worker.running_name, worker.running_since = task.name, now
-
-    def _send_run(self, worker: WorkerProc, task: TaskState, attempt: int) -> bool:
-        return self._send_to_worker(worker, Run(task.task_id, task.name, task.args, task.kwargs, attempt))
-
-    def _send_to_worker(self, worker: WorkerProc, msg: Message) -> bool:
-        if worker.conn is None:
-            return False
-        try:
-            worker.conn.send(msg)
-        except (Closed, ProtocolError):
-            self.workers.kill(worker)  # it is gone or stuck; its tasks are dealt with when it is reaped
-            return False
-        self.hub.mark_dirty(worker.conn)
-        return True
-
     # -- requests ----------------------------------------------------------------
 
     def _on_accept(self, key: Any, mask: int, now: float) -> None:
@@ -691,7 +604,7 @@ class Supervisor:
         reply, was_running = self.scheduler.cancel(task_id)
         for worker in self.workers:
             if task_id in worker.queued:  # sent ahead: the worker skips it when it gets there
-                self._send_to_worker(worker, Cancel(task_id))
+                self.dispatcher.send(worker, Cancel(task_id))
         if was_running:
             for worker in self.workers:
                 if worker.task_id == task_id:
