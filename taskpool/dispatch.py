@@ -92,6 +92,7 @@ class Dispatcher:
         task = self.scheduler.ledger.active.get(task_id)
         if task is None or task.status != READY:
             worker.state, worker.task_id, worker.deadline = WorkerState.BUSY, task_id, now + SKIP_GRACE
+            worker.running_name, worker.running_since = "", now  # a skip: no duration to learn from
             return
         self._begin(worker, task, now)
 

@@ -154,7 +154,10 @@ class Ledger:
         )
         self.active[task.task_id] = task
         self.counters["submitted"] += 1
-        self._tell(task, "stored" if msg.stored else "accepted")  # stored: the client wrote its row
+        # "stored": the client wrote the row with these very options, so only held_by is new
+        stored = msg.stored and (task.priority, task.max_attempts, task.timeout, task.queue) == (
+            msg.priority or 0, msg.max_attempts or DEFAULT_MAX_ATTEMPTS, msg.timeout, msg.queue or "default")
+        self._tell(task, "stored" if stored else "accepted")
         return task
 
     def adopt(self, row: Any) -> TaskState:

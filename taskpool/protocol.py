@@ -342,11 +342,16 @@ def _packer() -> msgpack.Packer:
         return packer
 
 
+PACKER_KEEP = 1 << 20  # a Packer never shrinks its buffer: one that packed more is replaced
+
+
 def encode(msg: Message) -> bytes:
     """One frame: header and payload. Raises InvalidArguments for unencodable values."""
     values = [msg.type_code, *msg._getter(msg)]
     try:
         payload = _packer().pack(values)
+        if len(payload) > PACKER_KEEP:
+            del _packers.packer  # its buffer grew to this frame's size and would stay so
     except (OverflowError, ValueError, TypeError) as exc:
         raise InvalidArguments(f"cannot encode {type(msg).__name__}: {exc}") from None
     return HEADER.pack(len(payload)) + payload

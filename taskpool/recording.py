@@ -116,7 +116,10 @@ class RecorderLink:
             self.conn = None
         self.pid = None
         self.down_since = now
-        for _, (_, rows) in sorted(self.in_flight.items()):
+        # newest batch first, so a task's latest unacknowledged state is the one kept (a state
+        # noted since, already in pending, is newer still); oldest first lost a final state
+        # sent in the batch after a RUNNING one, and the row stayed RUNNING in the store
+        for _, (_, rows) in sorted(self.in_flight.items(), reverse=True):
             for row in rows:
                 self.pending.setdefault(row[0], row)  # row[0]: the task id
         self.in_flight.clear()

@@ -235,6 +235,8 @@ class Supervisor:
         write_due = self.recorder.next_write_at() if self.recorder is not None else None
         if write_due is not None:
             candidates.append(write_due - now)
+        if self.recorder is not None and self.recorder.pid is None and not self.recorder.abandoned:
+            candidates.append(self.recorder.next_spawn_at - now)  # fork the next recorder on time
         if self.stop_deadline is not None:
             candidates.append(self.stop_deadline - now)
         if self.accept_resume_at is not None:

@@ -224,10 +224,6 @@ class Channel:
         """Messages received and not yet taken, without reading the socket."""
         return len(self._inbox)
 
-    def received(self) -> list[Message]:
-        """Messages received and not yet taken, without reading the socket."""
-        return self._inbox
-
     def send(self, msg: Message) -> None:
         self.sock.sendall(encode(msg))
 

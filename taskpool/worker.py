@@ -29,7 +29,6 @@ from typing import Any
 
 from . import titles
 from .errors import InvalidArguments, ProtocolError, Retry
-from .outbox import Outbox
 from .protocol import Cancel, Done, Progress, Ready, Run, check_json_compatible, encode
 from .registry import backoff_delay, default_registry
 from .transport import Channel, Closed
@@ -38,8 +37,6 @@ BOOT_ERROR_EXIT = 3
 REPLY_MARGIN = 64 * 1024  # a result leaves this much of a frame (or a quarter) for the reply carrying it
 TRACEBACK_LIMIT = 8 * 1024  # longer tracebacks keep their head and tail
 PROGRESS_INTERVAL = 0.05  # seconds between progress frames; the last value is always sent
-QUICK_TASK = 0.001  # seconds: a Done is held (see outbox.py) while the next task's name averages under this
-DURATION_WEIGHT = 0.2  # weight of the newest run in a name's average duration
 
 log = logging.getLogger("taskpool.worker")
 
@@ -47,8 +44,8 @@ log = logging.getLogger("taskpool.worker")
 class _Context:
     """The task in hand, for ``taskpool.progress``; None outside a worker."""
 
-    def __init__(self, outbox: Outbox, task_id: str, attempt: int = 1) -> None:
-        self.outbox = outbox
+    def __init__(self, channel: Channel, task_id: str, attempt: int = 1) -> None:
+        self.channel = channel
         self.task_id = task_id
         self.attempt = attempt  # 1 on the first run (the Django backend's TaskContext.attempt)
         self.last_sent = 0.0
@@ -61,11 +58,11 @@ class _Context:
             return
         self.unsent = None
         self.last_sent = now
-        self.outbox.send_message(Progress(self.task_id, percent, message))
+        self.channel.send(Progress(self.task_id, percent, message))
 
     def flush(self) -> None:
         if self.unsent is not None:
-            self.outbox.send_message(Progress(self.task_id, *self.unsent))
+            self.channel.send(Progress(self.task_id, *self.unsent))
             self.unsent = None
 
 
@@ -163,10 +160,10 @@ def _call(name: str, args: list, kwargs: dict) -> Any:
     return result
 
 
-def run_one(outbox: Outbox, msg: Run, max_frame: int, measure_rss: bool) -> bytes:
+def run_one(channel: Channel, msg: Run, max_frame: int, measure_rss: bool) -> bytes:
     """Run one task and return its Done frame. Task failures never escape."""
     global _current
-    _current = _Context(outbox, msg.task_id, msg.attempt)
+    _current = _Context(channel, msg.task_id, msg.attempt)
     ok, result, error, retry_in = True, None, None, None
     try:
         result = _call(msg.name, msg.args, msg.kwargs)
@@ -260,15 +257,14 @@ def _cancelled_before_start(channel: Channel, task_id: str, cancelled: set[str])
 
 
 def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, wid: int) -> None:
-    """Run tasks until the supervisor closes the channel."""
+    """Run tasks until the supervisor closes the channel. Each Done is written the moment
+    its task ends: a Done held back to share a write with the next one (tried, and measured
+    no faster) would be lost with the worker if the next task killed it, and the supervisor
+    would blame the wrong task."""
     idle_title = f"worker {wid} gen {generation} idle"
     titles.set_title(idle_title)
-    outbox = Outbox(channel)
     cancelled: set[str] = set()  # tasks sent ahead that the supervisor cancelled before they started
-    durations: dict[str, float] = {}  # task name -> average seconds per run, in this worker
     while True:
-        if outbox.held and not channel.buffered():
-            outbox.flush()  # nothing left to run: the supervisor gets every Done before we wait
         try:
             msg = channel.recv()
         except (Closed, ConnectionError):
@@ -281,33 +277,15 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
         if not isinstance(msg, Run):
             raise ProtocolError(f"worker got an unexpected {type(msg).__name__} frame")
         if _cancelled_before_start(channel, msg.task_id, cancelled):
-            outbox.send_message(Done(msg.task_id, False, None, _NOT_STARTED, 0))
+            channel.send(Done(msg.task_id, False, None, _NOT_STARTED, 0))
             continue
         titles.set_title(f"worker {wid} gen {generation} busy {msg.name}")
-        started = time.perf_counter()
         _run_boundary_hooks()
-        frame = run_one(outbox, msg, max_frame, measure_rss)
+        frame = run_one(channel, msg, max_frame, measure_rss)
         _run_boundary_hooks()
-        seconds = time.perf_counter() - started
-        average = durations.get(msg.name)
-        durations[msg.name] = seconds if average is None else average + DURATION_WEIGHT * (seconds - average)
-        if _next_is_quick(channel, durations):
-            outbox.hold(frame)
-        else:
-            outbox.send(frame)
+        channel.send_bytes(frame)
+        if not channel.buffered():
             titles.set_title(idle_title)
-
-
-def _next_is_quick(channel: Channel, durations: dict[str, float]) -> bool:
-    """Is another task already here, with one more behind it, and quick by its name's
-    average? Then the Done just made can wait for the next write (outbox.py)."""
-    inbox = channel.received()
-    if len(inbox) < 2:
-        inbox = channel.pending()  # a syscall only when what is already here does not decide
-    if len(inbox) < 2 or type(inbox[0]) is not Run:
-        return False
-    average = durations.get(inbox[0].name)
-    return average is not None and average < QUICK_TASK
 
 
 def worker_main(

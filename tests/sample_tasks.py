@@ -52,10 +52,15 @@ def wait_for_file(path, timeout=30):
 
 
 @taskpool.task
-def record(path, label):
-    """Append ``label`` to a file, so tests can see the order tasks ran in."""
+def record(path, label, crash_marker=None):
+    """Append ``label`` to a file, so tests can see the order tasks ran in. With
+    ``crash_marker``, the first call (the marker file does not exist yet) creates it and
+    then kills its worker."""
     with open(path, "a") as fh:
         fh.write(label + "\n")
+    if crash_marker is not None and not os.path.exists(crash_marker):
+        open(crash_marker, "w").close()
+        os._exit(17)
     return label
 
 

@@ -630,3 +630,19 @@ def test_each_row_ends_with_exactly_one_final_status_despite_kills(start_supervi
     assert counters["succeeded"] == 50 and counters["failed"] == 0 and counters["cancelled"] == 0
     assert counters["retried"] == 1
     assert sup.stats()["recorder"]["restarts"] == 1
+
+
+def test_a_stored_submit_by_name_gets_its_registered_options_in_the_row_while_it_waits(start_supervisor, tmp_path):
+    """The client does not know the task's options (submitted by name, module not imported
+    here): its row says the built-in defaults until the supervisor, which knows them, writes
+    the resolved ones; a row adopted after a restart must not run with the wrong options."""
+    sup = start_supervisor("--workers", "1", "--prefetch", "0", imports=("sample_tasks", "options_tasks"))
+    gate = tmp_path / "gate"
+    blocker = sup.submit(sample_tasks.wait_for_file, str(gate))
+    wait_until(lambda: blocker.status == "RUNNING", message="the worker busy")
+    handle = sup.submit("options_tasks.with_options", 1)
+    row = wait_until(lambda: (r := sup.store.fetch(handle.id)) is not None and r.held_by is not None and r,
+                     message="the row held by the supervisor")
+    assert (row.status, row.max_attempts, row.priority, row.timeout) == ("READY", 1, 7, 9.0)
+    gate.touch()
+    assert handle.result(timeout=15) == 1

@@ -86,8 +86,8 @@ def test_prefetch_zero_sends_nothing_ahead(start_supervisor, tmp_path):
 
 def test_quick_tasks_are_sent_ahead_by_default_and_a_long_one_sent_ahead_does_not_hold_back_a_done(
         start_supervisor, tmp_path):
-    """A worker holds the Done of a quick task while the next quick one runs (outbox.py);
-    when that next one turns out long, the held Done still reaches the supervisor at once."""
+    """The Done of a quick task reaches the supervisor at once, even when the quick-named
+    task sent ahead after it turns out long (a worker never holds a Done back)."""
     from taskpool.client import submit_many
 
     sup = start_supervisor("--workers", "1")  # the default --prefetch and --prefetch-below
@@ -104,3 +104,28 @@ def test_quick_tasks_are_sent_ahead_by_default_and_a_long_one_sent_ahead_does_no
     assert slow.status == "RUNNING" and after.status == "READY"
     gate.touch()
     assert slow.result(timeout=15) == "released" and after.result(timeout=15) == "released"
+
+
+def test_a_quick_task_that_kills_its_worker_is_charged_and_the_tasks_before_it_run_once(start_supervisor, tmp_path):
+    """Tasks sent ahead and finished before a task that kills the worker are not run again,
+    and the crash is charged to the task that crashed (found in review: a Done held back to
+    be written with the next one was lost with the worker)."""
+    from collections import Counter
+
+    from taskpool.client import submit_many
+
+    sup = start_supervisor("--workers", "1")
+    log, marker = tmp_path / "log", tmp_path / "marker"
+    warm = submit_many([(sample_tasks.record, (str(log), f"w{i}"), {}) for i in range(30)], client=sup.client, store=sup.store)
+    assert [h.result(timeout=15) for h in warm] == [f"w{i}" for i in range(30)]  # the name is quick now
+    calls = [(sample_tasks.record, (str(log), f"a{i}"), {}) for i in range(6)]
+    calls.append((sample_tasks.record, (str(log), "crash", str(marker)), {}))
+    calls += [(sample_tasks.record, (str(log), f"c{i}"), {}) for i in range(6)]
+    handles = submit_many(calls, client=sup.client, store=sup.store)
+    results = [h.result(timeout=20) for h in handles]
+    assert results == [c[1][1] for c in calls]
+    runs = Counter(log.read_text().split())
+    assert [label for label, n in runs.items() if n > 1] == ["crash"]  # only the crashed one ran again
+    crashed = handles[6].refresh()
+    assert crashed.attempts == 2 and "WorkerLost" in crashed.errors[0]["type"]
+    assert all(h.refresh().attempts == 1 for h in handles[:6] + handles[7:])

@@ -619,3 +619,13 @@ def test_messages_built_in_python_keep_dataclass_behaviour():
     with pytest.raises(dataclasses.FrozenInstanceError):
         msg.name = "other"
     assert dataclasses.replace(msg, reply=False).reply is False
+
+
+def test_a_packer_that_packed_a_large_frame_is_not_kept():
+    from taskpool.protocol import PACKER_KEEP, Run, _packer, decode_payload, encode
+
+    small = _packer()
+    assert _packer() is small  # reused between frames
+    big = Run("t", "mod.task", ["x" * (PACKER_KEEP + 10)], {}, 1)
+    assert decode_payload(encode(big)[4:]) == big
+    assert _packer() is not small  # its buffer would have stayed at the large frame's size

@@ -24,3 +24,24 @@ def test_a_snapshot_is_every_column_in_taskrow_order():
     assert (done.progress, done.progress_message, done.held_by) == (100.0, "half", "sup")
     assert done.started_at == done.last_attempted_at == task.started_at and done.finished_at == task.finished_at
     assert done.finished_at >= done.started_at > 0
+
+
+def test_a_dead_recorders_unacknowledged_batches_come_back_with_each_tasks_latest_state():
+    from taskpool.recorder import RecorderSettings
+    from taskpool.recording import RecorderLink
+
+    link = RecorderLink(RecorderSettings("sqlite", "/nonexistent", "sup", 60.0, 1 << 20, 0.0),
+                        lambda: None, lambda conn, cb: None, lambda conn: None, lambda conn: None, lambda msg, now: None)
+    ledger = Ledger(10)
+    a = ledger.accept(Submit("a", "mod.task", [], {}, stored=True), None, 1.0)
+    b = ledger.accept(Submit("b", "mod.task", [], {}, stored=True), None, 1.0)
+    ledger.start(a, 7)
+    running_a = snapshot(a, "sup")
+    ledger.succeed(a, 1)
+    link.pid = 4242
+    link.in_flight = {1: (0.0, [running_a, ["b", "sup"]]), 2: (0.0, [snapshot(a, "sup")])}
+    ledger.start(b, 7)
+    link.note(b)  # noted after both batches left: newer than anything in flight
+    link.exited(9, 5.0)
+    assert TaskRow(*link.pending["a"]).status == "SUCCESSFUL"  # not the older RUNNING of batch 1
+    assert link.pending["b"] is b and not link.in_flight
