@@ -56,7 +56,8 @@ from django.utils.module_loading import import_string
 
 from taskpool import client, worker
 from taskpool.errors import StoreError
-from taskpool.protocol import CANCELLED, FAILED, READY, RUNNING, SUCCESSFUL, check_json_compatible
+from taskpool.json_values import check_json_compatible
+from taskpool.protocol import CANCELLED, FAILED, READY, RUNNING, SUCCESSFUL
 from taskpool.registry import Task as PoolTask
 from taskpool.registry import TaskOptions, default_registry
 from taskpool.stores.base import Store, TaskRow

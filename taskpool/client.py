@@ -30,6 +30,7 @@ from .errors import (
     TaskFailed,
     TaskNotFound,
 )
+from .json_values import check_json_compatible
 from .locks import lock_is_free
 from .protocol import (
     FINAL_STATUSES,
@@ -41,7 +42,6 @@ from .protocol import (
     StatsRequest,
     Submit,
     TaskInfo,
-    check_json_compatible,
 )
 from .registry import Task, default_registry
 from .stores import Store, TaskRow, open_store

@@ -16,8 +16,9 @@ from typing import Any
 
 from . import worker
 from .errors import InvalidArguments, UnknownTask
+from .json_values import check_json_compatible
 from .ledger import INFO_ERRORS
-from .protocol import FAILED, RUNNING, SUCCESSFUL, Submit, TaskInfo, check_json_compatible
+from .protocol import FAILED, RUNNING, SUCCESSFUL, Submit, TaskInfo
 from .registry import default_registry
 from .stores.base import Store, TaskRow
 

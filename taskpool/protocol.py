@@ -24,13 +24,13 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, fields
-from math import isfinite
 from operator import attrgetter
 from typing import Any, ClassVar
 
 import msgpack
 
 from .errors import InvalidArguments, ProtocolError
+from .json_values import first_bad
 from .msgpack_claims import check_claims
 
 PROTOCOL_VERSION = 1
@@ -368,91 +368,6 @@ def encode_chunks(make: Callable[[list], Message], items: list, limit: int) -> l
     return encode_chunks(make, items[:half], limit) + encode_chunks(make, items[half:], limit)
 
 
-MAX_JSON_DEPTH = 100  # levels of arrays and maps in one value, the outermost at level 0
-_INT_MIN, _INT_END = -(2**63), 2**64
-_TOO_DEEP = f" is nested more than {MAX_JSON_DEPTH} levels deep"
-
-
-def check_json_compatible(value: Any, where: str = "value", depth: int = 0) -> None:
-    """Raise InvalidArguments unless ``value`` is made of JSON types only.
-
-    Tuples count as lists (they arrive as lists). Integers must fit in 64 bits,
-    floats must be finite, mapping keys must be strings. The message names where
-    the first bad value is, e.g. ``kwargs['a'][1]``."""
-    bad = _first_bad(value, depth)
-    if bad is not None:
-        raise InvalidArguments(where + "".join(reversed(bad[1:])) + bad[0])
-
-
-def _first_bad(value: Any, depth: int) -> list[str] | None:
-    """None if ``value`` is JSON-compatible, else [what is wrong, innermost step, ..., outermost step].
-
-    The path is built only on the way back from the first bad value, never per element: every
-    frame's values go through here, and a frame can hold millions of them (a 4 MiB frame of
-    empty maps took 2 s when each element's path was formatted up front)."""
-    if depth > MAX_JSON_DEPTH:
-        return [_TOO_DEEP]
-    kind = type(value)
-    if kind is list or kind is tuple:
-        if depth == MAX_JSON_DEPTH and value:
-            return [_TOO_DEEP, "[0]"]
-        for item in value:
-            kind = type(item)
-            if kind is str or item is None or kind is bool:
-                continue
-            if kind is int:
-                if _INT_MIN <= item < _INT_END:
-                    continue
-            elif kind is float:
-                if isfinite(item):
-                    continue
-            elif not item and (kind is dict or kind is list or kind is tuple):
-                continue  # empty: fine at any depth below the limit, no call needed
-            bad = _first_bad(item, depth + 1)
-            if bad is not None:
-                bad.append(f"[{_index_of(value, item)}]")
-                return bad
-        return None
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                return [f": key {key!r} is not a string"]
-            if depth == MAX_JSON_DEPTH:
-                return [_TOO_DEEP, f"[{key!r}]"]
-            kind = type(item)
-            if kind is str or item is None or kind is bool:
-                continue
-            if kind is int:
-                if _INT_MIN <= item < _INT_END:
-                    continue
-            elif kind is float:
-                if isfinite(item):
-                    continue
-            elif not item and (kind is dict or kind is list or kind is tuple):
-                continue
-            bad = _first_bad(item, depth + 1)
-            if bad is not None:
-                bad.append(f"[{key!r}]")
-                return bad
-        return None
-    if value is None or kind is bool or kind is str:
-        return None
-    if kind is int:
-        return None if _INT_MIN <= value < _INT_END else [f": integer {value} does not fit in 64 bits"]
-    if kind is float:
-        return None if isfinite(value) else [f": {value} is not a JSON number"]
-    return [f" is a {kind.__name__}, not a JSON-compatible value"]
-
-
-def _index_of(items: list | tuple, item: object) -> int:
-    """The position of ``item``, found only to word an error. The first identical element is the
-    one that failed: any earlier occurrence of the same object would have failed first."""
-    for index, candidate in enumerate(items):
-        if candidate is item:
-            return index
-    raise AssertionError("item not in its container")
-
-
 # -- decoding ---------------------------------------------------------------
 
 
@@ -462,7 +377,7 @@ def _ext_hook(code: int, data: bytes) -> None:
 
 def _deep_check(value: Any, where: str) -> None:
     """Nested values too: no bytes, timestamps or other non-JSON types."""
-    bad = _first_bad(value, 0)
+    bad = first_bad(value, 0)
     if bad is not None:
         raise ProtocolError(where + "".join(reversed(bad[1:])) + bad[0])
 

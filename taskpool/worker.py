@@ -29,7 +29,8 @@ from typing import Any
 
 from . import titles
 from .errors import InvalidArguments, ProtocolError, Retry
-from .protocol import Cancel, Done, Progress, Ready, Run, check_json_compatible, encode
+from .json_values import check_json_compatible
+from .protocol import Cancel, Done, Progress, Ready, Run, encode
 from .registry import backoff_delay, default_registry
 from .transport import Channel, Closed
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from taskpool import protocol
 from taskpool.errors import InvalidArguments, ProtocolError
+from taskpool.json_values import check_json_compatible
 from taskpool.protocol import (
     DEFAULT_MAX_FRAME,
     Accepted,
@@ -38,7 +39,6 @@ from taskpool.protocol import (
     TaskInfo,
     TaskInfos,
     Welcome,
-    check_json_compatible,
     encode,
 )
 

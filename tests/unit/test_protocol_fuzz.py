@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 
 from taskpool import protocol
 from taskpool.errors import InvalidArguments, ProtocolError
+from taskpool.json_values import check_json_compatible
 from taskpool.msgpack_claims import check_claims
 from taskpool.protocol import DEFAULT_MAX_FRAME, Decoder, Message, decode_payload, encode
 
@@ -761,14 +762,14 @@ def test_checking_a_frame_of_empty_maps_allocates_nothing_per_element() -> None:
     value = {"k": [{} for _ in range(200_000)]}
     tracemalloc.start()
     try:
-        protocol.check_json_compatible(value, "data")
+        check_json_compatible(value, "data")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024, f"the check allocated {peak / 1024:.0f} KiB for 200,000 empty maps"
     value["k"][150_000] = {"bad": b"bytes"}
     with pytest.raises(protocol.InvalidArguments, match=r"data\['k'\]\[150000\]\['bad'\]"):
-        protocol.check_json_compatible(value, "data")
+        check_json_compatible(value, "data")
 
 
 # 1,000 array32 headers, each claiming 10,000 entries (each no more than the payload's length), then
