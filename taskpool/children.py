@@ -67,10 +67,12 @@ def spawn(
     close_in_child: Callable[[], None],
     now: float,
     post_fork: str | None = None,
+    spin: float = 0.0,
 ) -> WorkerProc:
     """Fork one worker."""
     pid, parent_end = fork_child(
-        lambda sock: worker_main(sock, modules, generation, wid, max_frame, measure_rss, post_fork), close_in_child
+        lambda sock: worker_main(sock, modules, generation, wid, max_frame, measure_rss, post_fork, spin),
+        close_in_child,
     )
     conn = FramedConnection(parent_end, max_frame, max_outbox)
     return WorkerProc(wid=wid, pid=pid, generation=generation, conn=conn, started=now)

@@ -88,6 +88,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prefetch_below", float, 0.005,
             "seconds: only tasks whose name has averaged less than this are sent ahead, and only to a worker "
             "whose current task is such a one and has run less than this (inf: any task)", _positive),
+    Setting("spin", float, 0.0002,
+            "seconds the supervisor, each worker and each client (from $TASKPOOL_SPIN) keep polling for their "
+            "next message before they sleep: cuts a quick task's round trip several times where waking a process "
+            "is slow (VMs), for at most this much CPU each time one runs out of work (0: sleep at once)",
+            _not_negative, "TASKPOOL_SPIN"),
     Setting("graceful_timeout", float, 30.0, "seconds a graceful stop waits for running tasks before killing them",
             _not_negative),
     Setting("max_ready", int, 10_000,
@@ -121,6 +126,7 @@ class Config:
     max_memory_per_worker: int
     prefetch: int
     prefetch_below: float
+    spin: float
     graceful_timeout: float
     max_ready: int
     result_cache: int
@@ -141,6 +147,20 @@ def resolve_socket(spool: str | None, socket: str | None) -> str:
     if socket:
         return os.path.abspath(socket)
     return os.path.abspath(os.path.join(spool or BY_NAME["spool"].default, SOCKET_NAME))
+
+
+def client_spin(environ: Mapping[str, str] | None = None) -> float:
+    """The spin of a client process (see the ``spin`` setting): $TASKPOOL_SPIN, else the default."""
+    raw = (os.environ if environ is None else environ).get("TASKPOOL_SPIN")
+    if not raw:
+        return BY_NAME["spin"].default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"spin ($TASKPOOL_SPIN): {raw!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise ConfigError(f"spin ($TASKPOOL_SPIN): {raw!r} must be 0 or more")
+    return value
 
 
 def _coerce(setting: Setting, raw: Any) -> Any:

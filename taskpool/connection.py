@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Sequence
 
+from .config import client_spin
 from .errors import InvalidArguments, ProtocolError, RemoteError, SupervisorUnavailable, TaskNotFound, UnknownTask
 from .protocol import (
     DEFAULT_MAX_FRAME,
@@ -40,10 +41,12 @@ def raise_error(reply: Error) -> None:
 class Client:
     """Thread-safe, fork-safe access to one supervisor socket."""
 
-    def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT, max_frame: int = DEFAULT_MAX_FRAME,
+                 spin: float | None = None) -> None:
         self.path = path
         self.timeout = timeout
         self.max_frame = max_frame
+        self.spin = client_spin() if spin is None else spin  # seconds a reply is polled for before sleeping
         self.welcome: Welcome | None = None  # the last handshake's answer (store, spool)
         self._local = threading.local()
 
@@ -54,7 +57,7 @@ class Client:
             return channel
         if channel is not None:
             channel.close()  # inherited across fork: this process's copy only
-        channel = Channel(connect(self.path, self.timeout), self.max_frame)
+        channel = Channel(connect(self.path, self.timeout), self.max_frame, spin=self.spin)
         send_error: OSError | None = None
         try:
             channel.send(Hello(MAGIC, PROTOCOL_VERSION))
@@ -73,7 +76,7 @@ class Client:
             channel.close()
             raise SupervisorUnavailable(f"unexpected handshake reply {type(reply).__name__} from {self.path}")
         self.welcome = reply
-        local.channel, local.pid, local.timeout = channel, os.getpid(), self.timeout  # connect() set it
+        local.channel, local.pid = channel, os.getpid()
         local.known_names = set()  # task names this supervisor has accepted on this connection
         return channel
 
@@ -82,14 +85,6 @@ class Client:
         self._channel()
         assert self.welcome is not None
         return self.welcome
-
-    def _settimeout(self, channel: Channel, timeout: float) -> None:
-        """Set the socket timeout only when it changes: each set is a system call (the
-        socket is put in blocking or non-blocking mode again), paid by every submit()."""
-        local = self._local
-        if local.timeout != timeout:
-            channel.settimeout(timeout)
-            local.timeout = timeout
 
     def _forget(self) -> None:
         channel = getattr(self._local, "channel", None)
@@ -114,7 +109,7 @@ class Client:
         for attempt in (1, 2):
             channel = self._channel()
             try:
-                self._settimeout(channel, self.timeout + wait)
+                channel.settimeout(self.timeout + wait)
                 channel.send_bytes(data)
                 replies = [channel.recv() for _ in msgs]
                 break
@@ -145,7 +140,7 @@ class Client:
         for attempt in (1, 2):
             channel = self._channel()
             try:
-                self._settimeout(channel, self.timeout)
+                channel.settimeout(self.timeout)
                 channel.send_bytes(data)
                 return
             except TimeoutError:

@@ -74,6 +74,7 @@ class ConnectionHub:
         self.spool = spool
         self.clients: dict[int, Client] = {}
         self.dirty: set[FramedConnection] = set()
+        self.dirty_work: set[FramedConnection] = set()  # flushed first: see mark_work
         self.waiters: dict[str, list[Waiter]] = {}
         self.deadlines: list[tuple[float, int, Waiter]] = []
         self._seq = itertools.count()
@@ -261,7 +262,16 @@ class ConnectionHub:
         """``conn`` has output to write at the end of this loop pass."""
         self.dirty.add(conn)
 
+    def mark_work(self, conn: FramedConnection) -> None:
+        """``conn`` (a worker's) has a frame that starts work: written before the replies of
+        this loop pass, so the worker runs while a client reads its acknowledgement."""
+        self.dirty_work.add(conn)
+
     def flush_output(self) -> None:
+        if self.dirty_work:
+            work, self.dirty_work = self.dirty_work, set()
+            for conn in work:
+                self.flush(conn)
         dirty, self.dirty = self.dirty, set()
         for conn in dirty:
             self.flush(conn)

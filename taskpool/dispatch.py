@@ -28,11 +28,11 @@ DURATION_WEIGHT = 0.2  # weight of the newest run in a task name's average durat
 
 class Dispatcher:
     def __init__(self, config: Config, scheduler: Scheduler, workers: WorkerPool,
-                 mark_dirty: Callable[[FramedConnection], None]) -> None:
+                 mark_work: Callable[[FramedConnection], None]) -> None:
         self.config = config  # replaced by the supervisor on reload
         self.scheduler = scheduler
         self.workers = workers
-        self._mark_dirty = mark_dirty
+        self._mark_work = mark_work
         self.durations: dict[str, float] = {}  # task name -> moving average of its runs, seconds
 
     def dispatch(self, now: float) -> None:
@@ -116,5 +116,5 @@ class Dispatcher:
         except (Closed, ProtocolError):
             self.workers.kill(worker)
             return False
-        self._mark_dirty(worker.conn)
+        self._mark_work(worker.conn)
         return True

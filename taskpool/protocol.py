@@ -486,7 +486,7 @@ class Decoder:
         self._buffer = bytearray()
         self.trusted = trusted  # see decode_payload
 
-    def feed(self, data: bytes) -> Iterator[Message]:
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[Message]:
         """Add bytes; iterate over every message now complete (possibly none).
 
         Consume the iterator fully. A bad frame raises ProtocolError when reached,

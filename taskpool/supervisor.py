@@ -113,7 +113,7 @@ class Supervisor:
         self.accept_resume_at: float | None = None  # the listener is paused (out of descriptors) until then
         self.exit_code = 0
         self.counters = {"worker_restarts": 0, "worker_crashes": 0}
-        self.dispatcher = Dispatcher(config, self.scheduler, self.workers, self.hub.mark_dirty)
+        self.dispatcher = Dispatcher(config, self.scheduler, self.workers, self.hub.mark_work)
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.listener: socket.socket | None = None
@@ -150,11 +150,28 @@ class Supervisor:
                         self.exit_code = exc.code
                         self.stop_now(time.monotonic())
                     if self.phase != "stopped":
-                        events = self.selector.select(self.next_timeout(time.monotonic()))
+                        events = self.wait_for_events(bool(events))
             finally:
                 self.wait_for_children()
                 self.close()
         return self.exit_code
+
+    def wait_for_events(self, busy: bool) -> list:
+        """The next events. After a pass that had some, poll for ``spin`` seconds (yielding the
+        CPU between polls) before sleeping: the next frame of a conversation usually comes
+        within tens of microseconds, sooner than a sleeping process can be woken."""
+        timeout = self.next_timeout(time.monotonic())
+        spin = self.config.spin
+        if busy and spin > 0 and timeout != 0:
+            select = self.selector.select
+            deadline = time.perf_counter() + min(spin, timeout)  # a timer due sooner ends the spin
+            while time.perf_counter() < deadline:
+                events = select(0)
+                if events:
+                    return events
+                os.sched_yield()
+            timeout = self.next_timeout(time.monotonic())
+        return self.selector.select(timeout)
 
     @contextmanager
     def installed_signals(self) -> Iterator[None]:
@@ -382,7 +399,7 @@ class Supervisor:
     def _spawn(self, wid: int, generation: int, now: float) -> WorkerProc:
         worker = spawn(
             wid, generation, self.config.import_, self.config.max_frame, self.config.client_buffer,
-            self.config.max_memory_per_worker > 0, self._close_in_child, now, self.config.post_fork,
+            self.config.max_memory_per_worker > 0, self._close_in_child, now, self.config.post_fork, self.config.spin,
         )
         self.selector.register(worker.conn.sock, selectors.EVENT_READ, self._worker_event(worker))
         log.debug("forked worker %d gen %d pid %d", wid, generation, worker.pid)

@@ -291,12 +291,12 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
 
 def worker_main(
     sock: Any, modules: tuple[str, ...], generation: int, wid: int, max_frame: int, measure_rss: bool,
-    post_fork: str | None = None,
+    post_fork: str | None = None, spin: float = 0.0,
 ) -> int:
     """Entry point in the forked child; returns the exit code."""
     _install_signals()
     sock.setblocking(True)
-    channel = Channel(sock, max_frame, trusted=True)
+    channel = Channel(sock, max_frame, trusted=True, spin=spin)
     try:
         if not boot(channel, modules, generation, wid, post_fork):
             return BOOT_ERROR_EXIT

@@ -156,22 +156,23 @@ def connected(client: Client) -> socket.socket:
     ours.settimeout(client.timeout)
     local = client._local
     local.channel, local.pid = Channel(ours, DEFAULT_MAX_FRAME), os.getpid()
-    local.timeout, local.known_names = client.timeout, set()
+    local.known_names = set()
     return theirs
 
 
-def test_the_socket_timeout_follows_each_request(tmp_path):
+def test_the_channel_timeout_follows_each_request(tmp_path):
     client = Client(str(tmp_path / "x.sock"), timeout=4.0)
     far = connected(client)
-    sock = client._local.channel.sock
+    channel = client._local.channel
+    assert channel.sock.gettimeout() == 0.0  # the channel waits in poll(), not in the socket
     client.send_only(b"abc")
-    assert far.recv(3) == b"abc" and sock.gettimeout() == 4.0
+    assert far.recv(3) == b"abc" and channel.timeout == 4.0
     far.sendall(client.encode([Error("not_found", "no such task")]))
     client.exchange([Query("t" * 32, 2.5)], wait=2.5)
-    assert sock.gettimeout() == 6.5  # the wait on top of the timeout
+    assert channel.timeout == 6.5  # the wait on top of the timeout
     client.send_only(b"d")
-    assert sock.gettimeout() == 4.0
+    assert channel.timeout == 4.0
     client.timeout = 5.0
     client.send_only(b"e")
-    assert sock.gettimeout() == 5.0
+    assert channel.timeout == 5.0
     far.close()

@@ -161,6 +161,7 @@ SAMPLE_FLAGS = {
     "post_fork": ["--post-fork", "pkg.hooks:setup"],
     "prefetch": ["--prefetch", "3"],
     "prefetch_below": ["--prefetch-below", "0.02"],
+    "spin": ["--spin", "0.0005"],
 }
 EXPECTED = {
     "workers": 3, "spool": "/srv/spool", "socket": "/run/tp.sock", "import_": ("app.tasks", "other.tasks"),
@@ -168,7 +169,7 @@ EXPECTED = {
     "max_memory_per_worker": 512, "graceful_timeout": 12.5, "max_ready": 10, "result_cache": 20,
     "max_frame": 65536, "client_buffer": 131072, "pidfile": "/run/tp.pid", "log_file": "/var/log/tp.log",
     "log_level": "WARNING", "store": "memory", "retention_days": 0.5, "post_fork": "pkg.hooks:setup",
-    "prefetch": 3, "prefetch_below": 0.02,
+    "prefetch": 3, "prefetch_below": 0.02, "spin": 0.0005,
 }
 
 
