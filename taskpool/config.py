@@ -43,6 +43,15 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
 
+MAX_SPIN = 0.01  # seconds: past this, spinning is burning a core, not saving a wake-up
+
+
+def _spin(value: float) -> str | None:
+    if not 0 <= value <= MAX_SPIN:  # also refuses nan and inf
+        return f"must be between 0 and {MAX_SPIN} seconds"
+    return None
+
+
 def _octal(text: str) -> int:
     return int(text, 8)
 
@@ -92,7 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds the supervisor, each worker and each client (from $TASKPOOL_SPIN) keep polling for their "
             "next message before they sleep: cuts a quick task's round trip several times where waking a process "
             "is slow (VMs), for at most this much CPU each time one runs out of work (0: sleep at once)",
-            _not_negative, "TASKPOOL_SPIN"),
+            _spin, "TASKPOOL_SPIN"),
     Setting("graceful_timeout", float, 30.0, "seconds a graceful stop waits for running tasks before killing them",
             _not_negative),
     Setting("max_ready", int, 10_000,
@@ -158,8 +167,9 @@ def client_spin(environ: Mapping[str, str] | None = None) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"spin ($TASKPOOL_SPIN): {raw!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise ConfigError(f"spin ($TASKPOOL_SPIN): {raw!r} must be 0 or more")
+    problem = _spin(value)
+    if problem:
+        raise ConfigError(f"spin ($TASKPOOL_SPIN): {raw!r} {problem}")
     return value
 
 

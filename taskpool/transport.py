@@ -213,6 +213,16 @@ class FramedConnection:
             pass
 
 
+_POLL_MAX_MS = 2**31 - 1  # poll() takes a C int of milliseconds
+
+
+def _poll_ms(deadline: float | None) -> int | None:
+    """The poll() timeout left until ``deadline`` (monotonic; None: no limit)."""
+    if deadline is None:
+        return None
+    return min(_POLL_MAX_MS, max(0, math.ceil((deadline - time.monotonic()) * 1000)))
+
+
 class Channel:
     """Framed socket for clients and workers: calls block (up to ``timeout``), the socket
     does not. Reads go into one buffer kept for the channel (a fresh 256 KiB ``recv``
@@ -226,7 +236,7 @@ class Channel:
         self.sock = sock
         self.fd = sock.fileno()
         self.timeout: float | None = sock.gettimeout()
-        self.spin = spin
+        self.spin = spin  # checked by config (finite, at most MAX_SPIN)
         sock.setblocking(False)  # waits are ours: poll() with the timeout, after the spin
         self.decoder = Decoder(max_frame, trusted)  # trusted: the peer is our own supervisor
         self._inbox: list[Message] = []
@@ -252,13 +262,15 @@ class Channel:
         sleeping in poll(); raises TimeoutError when ``timeout`` passes with nothing."""
         if self._take():
             return
+        started = time.monotonic()
+        deadline = None if self.timeout is None else started + self.timeout
         if self.spin > 0:
-            deadline = time.perf_counter() + self.spin
-            while time.perf_counter() < deadline:
+            spin_until = started + (self.spin if self.timeout is None else min(self.spin, self.timeout))
+            while time.monotonic() < spin_until:
                 os.sched_yield()  # let the process we wait on have this core
                 if self._take():
                     return
-        if not self._readable.poll(None if self.timeout is None else math.ceil(self.timeout * 1000)):
+        if not self._readable.poll(_poll_ms(deadline)):
             raise TimeoutError("timed out")
         self._take()
 
@@ -276,24 +288,25 @@ class Channel:
     def send(self, msg: Message) -> None:
         self.send_bytes(encode(msg))
 
-    def send_bytes(self, frame: bytes | bytearray) -> None:
-        """Write all of ``frame``, waiting (up to ``timeout`` each time) while the socket is full."""
+    def send_bytes(self, frame: bytes) -> None:
+        """Write all of ``frame``; ``timeout`` bounds the whole write, as for ``sendall``."""
         try:
             sent = self.sock.send(frame)
         except (BlockingIOError, InterruptedError):
             sent = 0
         if sent == len(frame):
             return
-        view = memoryview(frame)[sent:]
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         writable = select.poll()
         writable.register(self.fd, select.POLLOUT)
-        while view:
-            if not writable.poll(None if self.timeout is None else math.ceil(self.timeout * 1000)):
-                raise TimeoutError("timed out")
-            try:
-                view = view[self.sock.send(view):]
-            except (BlockingIOError, InterruptedError):
-                pass
+        with memoryview(frame) as whole:  # released on the way out, even by a TimeoutError
+            while sent < len(frame):
+                if not writable.poll(_poll_ms(deadline)):
+                    raise TimeoutError("timed out")
+                try:
+                    sent += self.sock.send(whole[sent:])
+                except (BlockingIOError, InterruptedError):
+                    pass
 
     def recv(self) -> Message:
         """The next message; raises Closed at EOF, TimeoutError past the timeout."""
@@ -305,6 +318,8 @@ class Channel:
 
     def settimeout(self, timeout: float | None) -> None:
         """Seconds each wait may take (None: no limit); no system call."""
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be 0 or more seconds, not {timeout!r}")
         self.timeout = timeout
 
     def close(self) -> None:

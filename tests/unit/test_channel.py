@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from taskpool.config import client_spin
+from taskpool.config import client_spin, load_config
 from taskpool.errors import ConfigError
 from taskpool.protocol import Accepted, Query, encode
 from taskpool.transport import CHANNEL_READ_SIZE, Channel, Closed
@@ -138,7 +138,72 @@ def test_client_spin_comes_from_the_environment_or_the_default():
     assert client_spin({"TASKPOOL_SPIN": "0.001"}) == 0.001
     with pytest.raises(ConfigError, match="TASKPOOL_SPIN.*not a number"):
         client_spin({"TASKPOOL_SPIN": "fast"})
-    with pytest.raises(ConfigError, match="TASKPOOL_SPIN.*0 or more"):
-        client_spin({"TASKPOOL_SPIN": "-1"})
-    with pytest.raises(ConfigError, match="TASKPOOL_SPIN.*0 or more"):
-        client_spin({"TASKPOOL_SPIN": "nan"})
+    for bad in ("-1", "nan", "inf", "0.5"):
+        with pytest.raises(ConfigError, match=r"TASKPOOL_SPIN.*between 0 and 0.01 seconds"):
+            client_spin({"TASKPOOL_SPIN": bad})
+
+
+@pytest.mark.parametrize("bad", ["-0.001", "inf", "nan", "1"])
+def test_a_spin_out_of_range_is_refused_by_the_supervisor_config(bad):
+    with pytest.raises(ConfigError, match=r"spin .*between 0 and 0.01 seconds"):
+        load_config({"spin": bad}, environ={})
+
+
+def test_the_spin_never_outlasts_the_timeout(pair):
+    ours, _ = pair
+    channel = Channel(ours, 1 << 20, spin=30.0)
+    channel.settimeout(0.05)
+    done = threading.Event()
+
+    def wait() -> None:
+        with pytest.raises(TimeoutError):
+            channel.recv()
+        done.set()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    assert done.wait(10), "a 30 s spin ran past a 0.05 s timeout"
+
+
+def test_a_timeout_too_long_for_poll_still_waits(pair):
+    ours, theirs = pair
+    channel = Channel(ours, 1 << 20)
+    channel.settimeout(3e9)  # past poll()'s C int of milliseconds
+    late = threading.Timer(0.05, theirs.sendall, (encode(Accepted("late")),))
+    late.start()
+    try:
+        assert channel.recv().task_id == "late"
+    finally:
+        late.cancel()
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_a_negative_timeout_is_refused(pair, bad):
+    channel = Channel(pair[0], 1 << 20)
+    with pytest.raises(ValueError, match="timeout must be 0 or more"):
+        channel.settimeout(bad)
+
+
+def test_the_timeout_bounds_the_whole_send_not_each_part(pair):
+    """As with sendall: a peer that takes a little now and then cannot stretch a write."""
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    channel = Channel(ours, 1 << 20)
+    channel.settimeout(0.2)
+    stop = threading.Event()
+
+    def trickle() -> None:  # 4 KiB every 20 ms: 1 MiB would take 5 s
+        while not stop.wait(0.02):
+            try:
+                theirs.recv(4096)
+            except OSError:
+                return
+
+    reader = threading.Thread(target=trickle, daemon=True)
+    reader.start()
+    try:
+        with pytest.raises(TimeoutError):
+            channel.send_bytes(b"x" * (1 << 20))
+    finally:
+        stop.set()
+        reader.join(5)
