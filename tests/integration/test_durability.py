@@ -641,8 +641,10 @@ def test_a_stored_submit_by_name_gets_its_registered_options_in_the_row_while_it
     blocker = sup.submit(sample_tasks.wait_for_file, str(gate))
     wait_until(lambda: blocker.status == "RUNNING", message="the worker busy")
     handle = sup.submit("options_tasks.with_options", 1)
-    row = wait_until(lambda: (r := sup.store.fetch(handle.id)) is not None and r.held_by is not None and r,
-                     message="the row held by the supervisor")
+    # The recorder's sweep may claim the row (held_by) a few ms before the supervisor's own
+    # write of it, with the resolved options, lands: wait for that write, not the first hold.
+    row = wait_until(lambda: (r := sup.store.fetch(handle.id)) is not None and r.held_by is not None
+                     and r.max_attempts == 1 and r, message="the row written by the supervisor, options resolved")
     assert (row.status, row.max_attempts, row.priority, row.timeout) == ("READY", 1, 7, 9.0)
     gate.touch()
     assert handle.result(timeout=15) == 1
