@@ -223,6 +223,20 @@ def _poll_ms(deadline: float | None) -> int | None:
     return min(_POLL_MAX_MS, max(0, math.ceil((deadline - time.monotonic()) * 1000)))
 
 
+def _wait_for(fd: int, write: bool, deadline: float | None) -> bool:
+    """Sleep until ``fd`` is readable (or writable) or ``deadline`` passes; False at the
+    deadline. poll() takes any descriptor number (gevent patches it to yield to other
+    greenlets); where it is missing (eventlet's green select has none) select() serves."""
+    poll = getattr(select, "poll", None)
+    if poll is not None:
+        waiter = poll()
+        waiter.register(fd, select.POLLOUT if write else select.POLLIN)
+        return bool(waiter.poll(_poll_ms(deadline)))
+    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+    ready = select.select([], [fd], [fd], timeout) if write else select.select([fd], [], [fd], timeout)
+    return any(ready)
+
+
 class Channel:
     """Framed socket for clients and workers: calls block (up to ``timeout``), the socket
     does not. Reads go into one buffer kept for the channel (a fresh 256 KiB ``recv``
@@ -230,7 +244,7 @@ class Channel:
     for up to ``spin`` seconds, yielding the CPU between tries, before it sleeps: on a
     VM, waking a sleeping process costs 30-70 us, more than a task round trip's work."""
 
-    __slots__ = ("sock", "fd", "decoder", "timeout", "spin", "_inbox", "_eof", "_scratch", "_readable")
+    __slots__ = ("sock", "fd", "decoder", "timeout", "spin", "_inbox", "_eof", "_scratch")
 
     def __init__(self, sock: socket.socket, max_frame: int, trusted: bool = False, spin: float = 0.0) -> None:
         self.sock = sock
@@ -242,8 +256,6 @@ class Channel:
         self._inbox: list[Message] = []
         self._eof = False
         self._scratch = bytearray(CHANNEL_READ_SIZE)
-        self._readable = select.poll()
-        self._readable.register(self.fd, select.POLLIN)
 
     def _take(self) -> bool:
         """Read what has arrived without waiting; False when nothing had."""
@@ -270,7 +282,7 @@ class Channel:
                 os.sched_yield()  # let the process we wait on have this core
                 if self._take():
                     return
-        if not self._readable.poll(_poll_ms(deadline)):
+        if not _wait_for(self.fd, False, deadline):
             raise TimeoutError("timed out")
         self._take()
 
@@ -297,11 +309,9 @@ class Channel:
         if sent == len(frame):
             return
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        writable = select.poll()
-        writable.register(self.fd, select.POLLOUT)
         with memoryview(frame) as whole:  # released on the way out, even by a TimeoutError
             while sent < len(frame):
-                if not writable.poll(_poll_ms(deadline)):
+                if not _wait_for(self.fd, True, deadline):
                     raise TimeoutError("timed out")
                 try:
                     sent += self.sock.send(whole[sent:])

@@ -207,3 +207,25 @@ def test_the_timeout_bounds_the_whole_send_not_each_part(pair):
     finally:
         stop.set()
         reader.join(5)
+
+
+def test_without_poll_the_channel_waits_in_select(pair, monkeypatch):
+    """eventlet's green select has no poll(): waits fall back to select()."""
+    import select
+
+    monkeypatch.delattr(select, "poll")
+    ours, theirs = pair
+    channel = Channel(ours, 1 << 20)
+    channel.settimeout(10.0)
+    late = threading.Timer(0.05, theirs.sendall, (encode(Accepted("late")),))
+    late.start()
+    try:
+        assert channel.recv().task_id == "late"
+    finally:
+        late.cancel()
+    channel.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        channel.recv()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    with pytest.raises(TimeoutError):
+        channel.send_bytes(b"x" * (4 << 20))
