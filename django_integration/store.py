@@ -210,11 +210,14 @@ class DjangoStore(Store):
         once (waiting its busy timeout) instead of reading first and failing with
         "database is locked" when another connection commits in between; and no
         CASE-per-column bulk_update."""
+        params = self._params(rows) if rows else []  # before the transaction: on SQLite it holds the write lock
+        holds = [(holder, task_id) for task_id in held]
+        _, upsert, hold = self._sql()
         with transaction.atomic(), connection.cursor() as cursor:
-            if rows:
-                cursor.executemany(self._sql()[1], self._params(rows))
-            if held:
-                cursor.executemany(self._sql()[2], [(holder, task_id) for task_id in held])
+            if params:
+                cursor.executemany(upsert, params)
+            if holds:
+                cursor.executemany(hold, holds)
 
     def _write_first(self) -> None:
         """On SQLite, take the write lock before reading (a no-op UPDATE does): a deferred

@@ -205,6 +205,7 @@ def recorder_main(sock: socket.socket, settings: RecorderSettings) -> int:
             detail = "".join(traceback.format_exception_only(exc)).strip()
             channel.send(Error("boot_failed", f"the recorder cannot open the {settings.store} store: {detail}", None))
             return BOOT_ERROR_EXIT
+        store.serve_as_recorder()
         channel.send(Recorded(0))  # ready
         Recorder(channel, store, settings).serve()
     except (Closed, BrokenPipeError, ConnectionError):

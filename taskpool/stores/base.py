@@ -163,6 +163,10 @@ class Store(ABC):
     def counts(self) -> dict[str, int]:
         """Rows per status (for stats and tests)."""
 
+    def serve_as_recorder(self) -> None:  # noqa: B027 - optional
+        """Called once in the recorder's process after ``open``: take on the store's upkeep
+        that no web request should pay for (the sqlite store's WAL checkpoints)."""
+
     def close(self) -> None:  # noqa: B027 - optional
         pass
 

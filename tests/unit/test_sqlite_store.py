@@ -139,3 +139,73 @@ def test_record_holds_ready_rows_in_the_same_transaction_and_leaves_others_alone
     assert (done.status, done.result) == ("SUCCESSFUL", 3)  # final rows are never touched
     assert (other.status, other.held_by) == ("RUNNING", "sup")
     assert store.fetch("missing") is None  # a hold creates nothing
+
+
+def hold_write_lock(store: SqliteStore) -> sqlite3.Connection:
+    """Another process's writer in the middle of a transaction."""
+    holder = other_connection(store)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO taskpool_supervisor VALUES ('s', 'h', 1, 0, 0)")
+    return holder
+
+
+def test_a_batch_waits_for_another_writer_retrying_at_a_fine_grain(store, monkeypatch):
+    """Not SQLite's busy handler (1, 2, 5, 10 ms... sleeps): retries from 0.1 ms, doubling up
+    to 2 ms, so a writer meeting a short transaction waits about as long as it lasts."""
+    holder = hold_write_lock(store)
+    delays: list[float] = []
+    real_sleep = sqlite_store.time.sleep
+
+    def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == 12:
+            holder.execute("COMMIT")  # released while the batch keeps trying
+        real_sleep(seconds)
+
+    monkeypatch.setattr(sqlite_store.time, "sleep", sleep)
+    try:
+        store.record([TaskRow("m" * 32, "m.f", [], {})])
+    finally:
+        holder.close()
+    assert delays[:5] == [0.0001, 0.0002, 0.0004, 0.0008, 0.0016]
+    assert max(delays) == sqlite_store.LOCK_RETRY_MAX and len(delays) >= 12
+    assert store.fetch("m" * 32) is not None and [r.supervisor_id for r in store.supervisors()] == ["s"]
+
+
+def test_a_database_locked_past_the_busy_timeout_is_a_store_error(store, monkeypatch):
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 100)
+    holder = hold_write_lock(store)
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            store.insert([TaskRow("n" * 32, "m.f", [], {})])
+        with pytest.raises(StoreError, match="locked"):
+            store.record([TaskRow("o" * 32, "m.f", [], {})])
+        assert store.fetch("n" * 32) is None  # readers still read meanwhile
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.insert([TaskRow("n" * 32, "m.f", [], {})])  # and the connection is usable after
+    assert store.fetch("n" * 32) is not None
+
+
+def test_an_error_other_than_locked_is_not_retried(store, monkeypatch):
+    monkeypatch.setattr(sqlite_store.time, "sleep", lambda s: pytest.fail("retried a non-lock error"))
+    store.insert([TaskRow("p" * 32, "m.f", [], {})])
+    with pytest.raises(StoreError, match="UNIQUE"):
+        store.insert([TaskRow("p" * 32, "m.f", [], {})])
+
+
+def test_clients_leave_wal_checkpoints_to_the_recorder(store):
+    """A checkpoint costs a commit ~3 ms; the recorder's connections run them, a client's
+    only past ten times the log (when no recorder runs)."""
+    client_db = store._connection()
+    assert client_db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == sqlite_store.CLIENT_AUTOCHECKPOINT
+    store.serve_as_recorder()
+    assert client_db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == sqlite_store.RECORDER_AUTOCHECKPOINT
+    seen = []
+    other_thread = threading.Thread(
+        target=lambda: seen.append(store._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0]))
+    other_thread.start()
+    other_thread.join(10)
+    assert seen == [sqlite_store.RECORDER_AUTOCHECKPOINT]
+    assert sqlite_store.CLIENT_AUTOCHECKPOINT >= 10 * sqlite_store.RECORDER_AUTOCHECKPOINT
