@@ -102,7 +102,7 @@ def _until_unlocked(statement: Callable[[], T]) -> T:
     try:
         return statement()
     except sqlite3.OperationalError as exc:
-        if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+        if not _busy(exc):
             raise
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     delay = LOCK_RETRY_FIRST
@@ -111,9 +111,16 @@ def _until_unlocked(statement: Callable[[], T]) -> T:
         try:
             return statement()
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+            if not _busy(exc) or time.monotonic() > deadline:
                 raise
         delay = min(delay * 2, LOCK_RETRY_MAX)
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or one of its extended codes (BUSY_RECOVERY while another connection
+    recovers the WAL, BUSY_SNAPSHOT, BUSY_TIMEOUT): Python gives the extended code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -208,16 +215,20 @@ class SqliteStore(Store):
             # _until_unlocked, which retries at a finer grain than SQLite's own handler
             db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
-            if _until_unlocked(lambda: db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                _until_unlocked(lambda: db.execute("PRAGMA journal_mode=WAL"))  # once per database file
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(f"PRAGMA wal_autocheckpoint={self.autocheckpoint}")
+            _until_unlocked(lambda: self._set_up(db))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the task database {self.path}: {exc}") from None
         finally:
             os.umask(old_umask)
         local.db, local.pid = db, os.getpid()
         return db
+
+    def _set_up(self, db: sqlite3.Connection) -> None:
+        """A new connection's settings; run again as a whole if the database was busy."""
+        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            db.execute("PRAGMA journal_mode=WAL")  # once per database file
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA wal_autocheckpoint={self.autocheckpoint}")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -230,7 +241,7 @@ class SqliteStore(Store):
                 if db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
                     db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
+            _until_unlocked(lambda: db.execute("COMMIT"))  # a busy COMMIT leaves the transaction open: retry
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")

@@ -209,3 +209,19 @@ def test_clients_leave_wal_checkpoints_to_the_recorder(store):
     other_thread.join(10)
     assert seen == [sqlite_store.RECORDER_AUTOCHECKPOINT]
     assert sqlite_store.CLIENT_AUTOCHECKPOINT >= 10 * sqlite_store.RECORDER_AUTOCHECKPOINT
+
+
+@pytest.mark.parametrize("code", [sqlite3.SQLITE_BUSY, 261, 517, 773])  # BUSY, _RECOVERY, _SNAPSHOT, _TIMEOUT
+def test_every_kind_of_busy_is_retried(code, monkeypatch):
+    monkeypatch.setattr(sqlite_store.time, "sleep", lambda s: None)
+    attempts = []
+
+    def statement() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            exc = sqlite3.OperationalError("database is locked")
+            exc.sqlite_errorcode = code
+            raise exc
+        return "done"
+
+    assert sqlite_store._until_unlocked(statement) == "done" and len(attempts) == 3
