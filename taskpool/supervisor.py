@@ -28,11 +28,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import __version__, titles
-from .children import WorkerProc, WorkerState, describe_exit, kill, reap, spawn
+from .children import WorkerProc, WorkerState, kill, reap, spawn
 from .config import Config, load_config
 from .connections import ACCEPT_PAUSE, Client, ConnectionHub
 from .dispatch import Dispatcher
-from .errors import ConfigError, ProtocolError
+from .errors import ConfigError
 from .health import ProcessSampler, build_stats
 from .ledger import TaskState
 from .locks import hold_lock
@@ -40,13 +40,10 @@ from .pool import WorkerPool
 from .protocol import (
     Adopt,
     Cancel,
-    Done,
     Error,
     Message,
-    Progress,
     Query,
     QueryMany,
-    Ready,
     Stats,
     StatsRequest,
     Submit,
@@ -54,27 +51,19 @@ from .protocol import (
 from .recorder import RecorderSettings
 from .recording import RecorderLink
 from .scheduler import Scheduler
-from .transport import Closed, ensure_private_dir, group_id, listen, raise_descriptor_limit
+from .transport import ensure_private_dir, group_id, listen, raise_descriptor_limit
+from .worker_events import BOOT_FAILURE_EXIT, SupervisorExit, WorkerEvents
 
 log = logging.getLogger("taskpool.supervisor")
 
 REAP_INTERVAL = 1.0  # children are reaped on SIGCHLD; this often anyway, should a signal be missed
 
-BOOT_FAILURE_EXIT = 3
 MAX_WAIT = 3600.0
 SWEEP_INTERVAL = 2.0  # seconds between store sweeps (adopt unheld READY rows, recover dead holders)
 SWEEP_HORIZON = 60.0  # adopt delayed rows due within this many seconds
 PULL_LIMIT = 500
 RECORDER_DRAIN = 10.0  # seconds a stop waits for the recorder after the workers are gone
 HANDLED_SIGNALS = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
-
-
-class SupervisorExit(Exception):
-    """Raised inside the loop to stop with an exit code and a message."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Supervisor:
@@ -114,6 +103,8 @@ class Supervisor:
         self.exit_code = 0
         self.counters = {"worker_restarts": 0, "worker_crashes": 0}
         self.dispatcher = Dispatcher(config, self.scheduler, self.workers, self.hub.mark_work)
+        self.worker_events = WorkerEvents(config, self.scheduler, self.workers, self.dispatcher, self.counters,
+                                          lambda: self.phase == "running")
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.listener: socket.socket | None = None
@@ -384,6 +375,7 @@ class Supervisor:
             log.warning("SIGHUP: the socket path cannot change on reload; keeping %s", self.socket_path)
         self.config = config
         self.dispatcher.config = config
+        self.worker_events.config = config
         self.workers.target = config.workers
         self.handle_usr1(now)
         self.workers.begin_reload()
@@ -410,68 +402,9 @@ class Supervisor:
             if mask & selectors.EVENT_WRITE:
                 self.hub.flush(worker.conn)
             if mask & selectors.EVENT_READ and worker.conn is not None:
-                self._read_worker(worker, now)
+                self.worker_events.read(worker, now)
 
         return on_event
-
-    def _read_worker(self, worker: WorkerProc, now: float) -> None:
-        try:
-            for msg in worker.conn.read():
-                self.handle_worker_message(worker, msg, now)
-        except Closed:
-            self.workers.disconnect(worker)  # its death is handled when it is reaped
-        except ProtocolError as exc:
-            log.error("worker %d sent a bad frame (%s); killing it", worker.pid, exc)
-            self.workers.kill(worker)
-
-    def handle_worker_message(self, worker: WorkerProc, msg: Message, now: float) -> None:
-        if isinstance(msg, Done):
-            self._on_done(worker, msg, now)
-        elif isinstance(msg, Progress):
-            task = self.scheduler.ledger.active.get(msg.task_id)
-            if task is not None and worker.task_id == msg.task_id:
-                self.scheduler.ledger.report_progress(task, min(max(msg.percent, 0.0), 100.0), msg.message)
-        elif isinstance(msg, Ready):
-            self._on_ready(worker, msg, now)
-        elif isinstance(msg, Error) and msg.code == "boot_failed":
-            worker.boot_error = msg.message
-        else:
-            raise ProtocolError(f"unexpected {type(msg).__name__} from a worker")
-
-    def _on_ready(self, worker: WorkerProc, msg: Ready, now: float) -> None:
-        if worker.state != WorkerState.BOOTING:
-            return
-        if worker.generation == self.workers.generation:
-            self.scheduler.task_defaults = msg.tasks
-        self.workers.mark_ready(worker, sorted(msg.tasks), now, self.config.graceful_timeout)
-
-    def _on_done(self, worker: WorkerProc, msg: Done, now: float) -> None:
-        if worker.task_id != msg.task_id:
-            return  # a task we already gave up on (cancelled)
-        worker.task_id = None
-        worker.deadline = None
-        worker.tasks_done += 1
-        worker.state = WorkerState.IDLE
-        self.dispatcher.note_duration(worker.running_name, max(0.0, now - worker.running_since))
-        self.scheduler.done(msg.task_id, msg, now)
-        if worker.queued:
-            self.dispatcher.next_queued(worker, now)
-        if self._should_retire(worker, msg.rss):
-            self.workers.retire(worker, now, self.config.graceful_timeout)  # a busy one finishes its queue first
-
-    def _should_retire(self, worker: WorkerProc, rss: int) -> bool:
-        limit_tasks, limit_mb = self.config.max_tasks_per_worker, self.config.max_memory_per_worker
-        if worker.retire_after_task or self.phase != "running":
-            return True
-        if worker.generation != self.workers.generation and self.workers.previous_generation is None:
-            return True  # an old worker left over from a completed reload
-        if limit_tasks and worker.tasks_done >= limit_tasks:
-            log.info("worker %d did %d tasks; recycling it", worker.pid, worker.tasks_done)
-            return True
-        if limit_mb and rss > limit_mb * 1024 * 1024:
-            log.info("worker %d uses %d MB; recycling it", worker.pid, rss // 2**20)
-            return True
-        return False
 
     def reap_children(self, now: float) -> None:
         """Account for every child that exited; a fatal one is raised after all are counted."""
@@ -490,38 +423,11 @@ class Supervisor:
     def _on_child_exit(self, pid: int, status: int, now: float) -> None:
         worker = self.workers.remove(pid)
         if worker is not None:
-            self._on_exit(worker, status, now)
+            self.worker_events.exited(worker, status, now)
         elif self.recorder is not None and pid == self.recorder.pid:
             self.recorder.exited(status, now)
             if self.recorder.boot_error and not self.recorder.ever_ready:
                 raise SupervisorExit(BOOT_FAILURE_EXIT, f"cannot start: {self.recorder.boot_error}")
-
-    def _on_exit(self, worker: WorkerProc, status: int, now: float) -> None:
-        how = describe_exit(status)
-        expected = worker.state in (WorkerState.RETIRING, WorkerState.KILLED)
-        if worker.task_id is not None:
-            self.scheduler.lost(worker.task_id, worker.pid, how, now)
-            worker.task_id = None
-        while worker.queued:
-            self.scheduler.take_back(worker.queued.popleft(), now)
-        if worker.state == WorkerState.BOOTING:
-            self._boot_failed(worker, how, now)
-        elif not expected:
-            log.warning("worker %d (pid %d) %s", worker.wid, worker.pid, how)
-            self.counters["worker_crashes"] += 1
-            self.workers.note_crash(worker, now)
-        if self.phase == "running":
-            self.counters["worker_restarts"] += 1
-
-    def _boot_failed(self, worker: WorkerProc, how: str, now: float) -> None:
-        reason = worker.boot_error or f"worker {how} before it was ready"
-        if self.workers.reloading(worker):
-            self.workers.abort_reload(reason)
-            return
-        if not self.workers.serving() or not self.workers.ever_ready:
-            raise SupervisorExit(BOOT_FAILURE_EXIT, f"cannot start workers: {reason}")
-        log.error("a replacement worker failed to boot: %s", reason)
-        self.workers.note_crash(worker, now)
 
     # -- timers ----------------------------------------------------------------
 

@@ -224,7 +224,7 @@ def test_boundary_submit_values_are_accepted(sup, options):
 def test_submit_options_override_worker_defaults_and_none_takes_them(sup):
     ready = Ready(4242, sup.workers.generation, {"mod.task": {"priority": 9, "queue": "q", "max_attempts": 7, "timeout": 3.0}})
     worker = WorkerProc(wid=1, pid=4242, generation=sup.workers.generation, conn=None, started=NOW)
-    sup.handle_worker_message(worker, ready, NOW)  # a record only: not in the worker table
+    sup.worker_events.handle(worker, ready, NOW)  # a record only: not in the worker table
     assert submit(sup, "defaults") == Accepted("defaults")
     task = sup.scheduler.ledger.get("defaults")
     assert (task.priority, task.queue, task.max_attempts, task.timeout) == (9, "q", 7, 3.0)
