@@ -13,6 +13,7 @@ error comes out as a StoreError that names the database file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -25,6 +26,8 @@ from typing import TypeVar
 from ..errors import StoreError
 from ..protocol import READY, RUNNING
 from .base import MUTABLE, Recovery, Store, SupervisorRecord, TaskRow, orphan
+
+log = logging.getLogger("taskpool.store")
 
 FILENAME = "taskpool.sqlite3"
 BUSY_TIMEOUT_MS = 5000
@@ -89,6 +92,14 @@ _HOLD = f"UPDATE taskpool_task SET held_by = ? WHERE task_id = ? AND status = '{
 # them and a submit() does not; clients still do when no recorder runs, past ~40 MiB of log.
 CLIENT_AUTOCHECKPOINT = 10_000  # pages
 RECORDER_AUTOCHECKPOINT = 1_000  # pages: SQLite's default
+# Those checkpoints are passive: while writers follow each other without a pause (several
+# processes submitting flat out) one never catches up, the log never starts over and grows
+# by gigabytes. So every WAL_CHECK_EVERY commits a connection looks at the log's size and,
+# past its limit, checkpoints all of it and empties it, holding new writers off meanwhile.
+WAL_LIMIT = 64 * 2**20  # bytes: W1 of the benchmark (20,000 tasks flat out) peaks at ~18 MiB
+CLIENT_WAL_CHECK_EVERY = 64  # commits between looks (a stat()); the recorder looks after each batch
+WAL_RETRY_AFTER = 1_000  # commits before trying again when the log could not be emptied
+TRUNCATE_WAIT_MS = 250  # how long that checkpoint waits for other readers and writers
 LOCK_RETRY_FIRST = 0.0001  # seconds before the first retry of a locked database; doubled each time
 LOCK_RETRY_MAX = 0.002
 
@@ -181,6 +192,7 @@ class SqliteStore(Store):
         self.spool = os.path.dirname(os.path.abspath(path))
         self._local = threading.local()
         self.autocheckpoint = CLIENT_AUTOCHECKPOINT
+        self.wal_limit, self.wal_check_every = WAL_LIMIT, CLIENT_WAL_CHECK_EVERY
         db = self._connection()
         try:
             exists = _until_unlocked(
@@ -209,6 +221,7 @@ class SqliteStore(Store):
         db = getattr(local, "db", None)
         if db is not None and local.pid == os.getpid():
             return db
+        db = None  # an inherited connection (another pid) is never touched
         old_umask = os.umask(0o077)  # the database and its WAL files are private
         try:
             # timeout=0: no busy handler; every statement that may meet a lock goes through
@@ -217,11 +230,40 @@ class SqliteStore(Store):
             db.row_factory = sqlite3.Row
             _until_unlocked(lambda: self._set_up(db))
         except sqlite3.Error as exc:
+            if db is not None:
+                db.close()  # not left open (a descriptor) when its settings could not be made
             raise StoreError(f"cannot open the task database {self.path}: {exc}") from None
         finally:
             os.umask(old_umask)
-        local.db, local.pid = db, os.getpid()
+        local.db, local.pid, local.commits, local.next_wal_check = db, os.getpid(), 0, 0
         return db
+
+    def _committed(self, db: sqlite3.Connection) -> None:
+        """Count a commit; now and then, empty a log that has grown past its limit."""
+        local = self._local
+        local.commits += 1
+        if local.commits < local.next_wal_check:
+            return
+        local.next_wal_check = local.commits + self.wal_check_every
+        try:
+            size = os.stat(self.path + "-wal").st_size
+        except OSError:
+            return
+        if size > self.wal_limit and not self._truncate_wal(db):
+            local.next_wal_check = local.commits + WAL_RETRY_AFTER
+
+    def _truncate_wal(self, db: sqlite3.Connection) -> bool:
+        """Checkpoint the whole log and truncate it, waiting up to TRUNCATE_WAIT_MS for the
+        other connections (whose writes meanwhile wait in _until_unlocked); True if done."""
+        try:
+            db.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+            busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.debug("task database %s: the log was not emptied: %s", self.path, exc)
+            return False
+        finally:
+            db.execute("PRAGMA busy_timeout=0")
+        return not busy
 
     def _set_up(self, db: sqlite3.Connection) -> None:
         """A new connection's settings; run again as a whole if the database was busy."""
@@ -242,6 +284,7 @@ class SqliteStore(Store):
                     db.execute("ROLLBACK")
                 raise
             _until_unlocked(lambda: db.execute("COMMIT"))  # a busy COMMIT leaves the transaction open: retry
+            self._committed(db)
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -256,6 +299,7 @@ class SqliteStore(Store):
 
     def serve_as_recorder(self) -> None:
         self.autocheckpoint = RECORDER_AUTOCHECKPOINT
+        self.wal_check_every = 1
         db = getattr(self._local, "db", None)
         if db is not None and self._local.pid == os.getpid():
             db.execute(f"PRAGMA wal_autocheckpoint={self.autocheckpoint}")
@@ -281,6 +325,7 @@ class SqliteStore(Store):
         db = self._connection()
         try:
             _until_unlocked(lambda: db.execute(_INSERT, params[0]))
+            self._committed(db)
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")

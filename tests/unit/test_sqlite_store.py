@@ -4,6 +4,7 @@ autocommit statement, batches all or nothing. No supervisor needed."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 
@@ -225,3 +226,46 @@ def test_every_kind_of_busy_is_retried(code, monkeypatch):
         return "done"
 
     assert sqlite_store._until_unlocked(statement) == "done" and len(attempts) == 3
+
+
+def test_a_log_past_its_limit_is_checkpointed_and_emptied(store):
+    """Passive checkpoints never catch up while writers follow each other without a pause;
+    a connection that finds the log past its limit empties it (TRUNCATE checkpoint)."""
+    wal = store.path + "-wal"
+    reader = other_connection(store)
+    store.wal_check_every = 1  # look after every commit
+    for i in range(3):
+        store.insert([TaskRow(f"{i}" * 32, "m.f", [], {})])
+    assert os.path.getsize(wal) > 0  # under the limit: left as it is
+    store.wal_limit = 0
+    store.insert([TaskRow("q" * 32, "m.f", [], {})])
+    assert os.path.getsize(wal) == 0
+    assert reader.execute("SELECT COUNT(*) FROM taskpool_task").fetchone()[0] == 4  # all of it in the database
+    reader.close()
+    assert store._connection().execute("PRAGMA busy_timeout").fetchone()[0] == 0  # back to no busy handler
+
+
+def test_the_recorder_looks_at_the_log_after_every_batch(store):
+    assert store.wal_check_every == sqlite_store.CLIENT_WAL_CHECK_EVERY > 1
+    store.serve_as_recorder()
+    assert store.wal_check_every == 1
+
+
+def test_a_log_that_cannot_be_emptied_is_left_alone_for_a_while(store, monkeypatch):
+    """A reader that keeps its snapshot stops the truncation; the next try waits
+    WAL_RETRY_AFTER commits, not one: each try holds writers off for TRUNCATE_WAIT_MS."""
+    monkeypatch.setattr(sqlite_store, "TRUNCATE_WAIT_MS", 10)
+    store.wal_check_every = 1
+    store.insert([TaskRow("r" * 32, "m.f", [], {})])
+    reader = other_connection(store)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM taskpool_task").fetchone()  # holds a snapshot of the log
+    store.wal_limit = 0
+    tries = []
+    real = store._truncate_wal
+    monkeypatch.setattr(store, "_truncate_wal", lambda db: tries.append(1) or real(db))
+    for i in range(5):
+        store.insert([TaskRow(f"s{i}" + "s" * 30, "m.f", [], {})])
+    reader.execute("COMMIT")
+    reader.close()
+    assert tries == [1]  # failed once, then not again within WAL_RETRY_AFTER commits
