@@ -116,6 +116,11 @@ class WorkerPool:
             self._release(worker.conn)
             worker.conn = None
 
+    def take(self, pid: int) -> WorkerProc | None:
+        """Take an exited worker out of the table with its channel still open, so what it
+        wrote before it died can be read (None if ``pid`` is not a worker)."""
+        return self.table.pop(pid, None)
+
     def remove(self, pid: int) -> WorkerProc | None:
         """Take an exited worker out of the table (None if ``pid`` is not a worker)."""
         worker = self.table.pop(pid, None)

@@ -421,7 +421,7 @@ class Supervisor:
             raise fatal
 
     def _on_child_exit(self, pid: int, status: int, now: float) -> None:
-        worker = self.workers.remove(pid)
+        worker = self.workers.take(pid)  # exited() reads its last frames, then closes its channel
         if worker is not None:
             self.worker_events.exited(worker, status, now)
         elif self.recorder is not None and pid == self.recorder.pid:

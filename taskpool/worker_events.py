@@ -23,6 +23,7 @@ from .transport import Closed
 log = logging.getLogger("taskpool.supervisor")
 
 BOOT_FAILURE_EXIT = 3
+LAST_READS = 64  # reads of a dead worker's socket at most (256 KiB each)
 
 
 class SupervisorExit(Exception):
@@ -109,9 +110,15 @@ class WorkerEvents:
 
     def exited(self, worker: WorkerProc, status: int, now: float) -> None:
         """A reaped worker: its running task lost (retried or failed), its tasks sent ahead
-        back to the queue unspent; raises SupervisorExit when no worker could ever boot."""
+        back to the queue unspent; raises SupervisorExit when no worker could ever boot.
+
+        First, what it wrote before it died is read: the SIGCHLD can be handled in the same
+        loop pass as the frames, before them (a Done would be lost, and its finished task run
+        again; a boot error's reason lost)."""
         how = describe_exit(status)
         expected = worker.state in (WorkerState.RETIRING, WorkerState.KILLED)
+        self._read_last_frames(worker, now)
+        self.workers.disconnect(worker)
         if worker.task_id is not None:
             self.scheduler.lost(worker.task_id, worker.pid, how, now)
             worker.task_id = None
@@ -125,6 +132,14 @@ class WorkerEvents:
             self.workers.note_crash(worker, now)
         if self.running():
             self.counters["worker_restarts"] += 1
+
+    def _read_last_frames(self, worker: WorkerProc, now: float) -> None:
+        """Handle every whole frame a dead worker left in its socket, up to its EOF (a task's
+        own child may hold the socket open: then what is there now, at most LAST_READS reads)."""
+        for _ in range(LAST_READS):
+            if worker.conn is None:  # its EOF was reached (read() disconnects it then)
+                return
+            self.read(worker, now)
 
     def _boot_failed(self, worker: WorkerProc, how: str, now: float) -> None:
         reason = worker.boot_error or f"worker {how} before it was ready"

@@ -13,6 +13,7 @@ client argument, so it is None here.
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import pytest
@@ -391,7 +392,6 @@ def test_next_timeout_moves_on_after_the_nearest_delay_is_taken(sup):
 
 
 def test_a_burst_of_requests_is_handled_a_pass_at_a_time_and_fully(sup):
-    import socket
 
     from taskpool.connections import REQUESTS_PER_PASS
     from taskpool.protocol import MAGIC, PROTOCOL_VERSION, Hello, encode
@@ -418,3 +418,45 @@ def test_a_burst_of_requests_is_handled_a_pass_at_a_time_and_fully(sup):
     assert [type(r).__name__ for r in replies[1:]] == ["Accepted"] * n
     assert [r.task_id for r in replies[1:]] == [f"t{i}" for i in range(n)]
     sock.close()
+
+
+def dead_worker(sup: Supervisor, state: str) -> tuple[WorkerProc, socket.socket]:
+    """A worker in the table with a real channel and no process: its far end is returned."""
+    from taskpool.children import WorkerState
+    from taskpool.transport import FramedConnection
+
+    ours, theirs = socket.socketpair()
+    worker = WorkerProc(wid=1, pid=999_999, generation=sup.workers.generation,
+                        conn=FramedConnection(ours, 1 << 20, 1 << 20), started=NOW)
+    worker.state = WorkerState(state)
+    sup.workers.table[worker.pid] = worker
+    return worker, theirs
+
+
+def test_a_done_written_just_before_the_worker_died_is_honoured(sup):
+    """The SIGCHLD may be handled before the frames the worker wrote: its Done still counts,
+    and the finished task is not run again."""
+    from taskpool.protocol import SUCCESSFUL, Done, encode
+
+    assert submit(sup, "t") == Accepted("t")
+    worker, far = dead_worker(sup, "idle")
+    sup.scheduler.ledger.names = {"mod.task": "mod.task"}
+    sup.dispatcher.dispatch(NOW)  # the task goes to the worker
+    assert worker.task_id == "t" and status(sup, "t") == "RUNNING"
+    far.sendall(encode(Done("t", True, 42, None, 0)))
+    far.close()  # then it died
+    sup._on_child_exit(worker.pid, 9, NOW)  # killed by SIGKILL
+    task = sup.scheduler.ledger.get("t")
+    assert (task.status, task.result, task.attempts) == (SUCCESSFUL, 42, 1)
+    assert worker.conn is None  # closed once read
+
+
+def test_a_boot_error_written_just_before_the_worker_died_gives_the_reason(sup):
+    from taskpool.protocol import encode
+    from taskpool.worker_events import SupervisorExit
+
+    worker, far = dead_worker(sup, "booting")
+    far.sendall(encode(Error("boot_failed", "worker could not import its task modules: SyntaxError: bad", None)))
+    far.close()
+    with pytest.raises(SupervisorExit, match="SyntaxError: bad"):
+        sup._on_child_exit(worker.pid, 3 << 8, NOW)
