@@ -94,8 +94,9 @@ CLIENT_AUTOCHECKPOINT = 10_000  # pages
 RECORDER_AUTOCHECKPOINT = 1_000  # pages: SQLite's default
 # Those checkpoints are passive: while writers follow each other without a pause (several
 # processes submitting flat out) one never catches up, the log never starts over and grows
-# by gigabytes. So every WAL_CHECK_EVERY commits a connection looks at the log's size and,
-# past its limit, checkpoints all of it and empties it, holding new writers off meanwhile.
+# by gigabytes. So now and then (every CLIENT_WAL_CHECK_EVERY commits; the recorder after
+# every batch) a connection looks at the log's size and, past WAL_LIMIT, checkpoints all of
+# it and empties it, holding new writers off meanwhile.
 WAL_LIMIT = 64 * 2**20  # bytes: W1 of the benchmark (20,000 tasks flat out) peaks at ~18 MiB
 CLIENT_WAL_CHECK_EVERY = 64  # commits between looks (a stat()); the recorder looks after each batch
 WAL_RETRY_AFTER = 1_000  # commits before trying again when the log could not be emptied

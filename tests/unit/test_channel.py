@@ -16,6 +16,16 @@ from taskpool.transport import CHANNEL_READ_SIZE, Channel, Closed
 SPINS = [0.0, 0.0002]
 
 
+def assert_late_frame_arrives(channel: Channel, far: socket.socket) -> None:
+    """A frame sent 50 ms from now (past any spin) reaches ``channel.recv()``."""
+    late = threading.Timer(0.05, far.sendall, (encode(Accepted("late")),))
+    late.start()
+    try:
+        assert channel.recv().task_id == "late"
+    finally:
+        late.cancel()
+
+
 @pytest.fixture
 def pair():
     ours, theirs = socket.socketpair()
@@ -48,12 +58,7 @@ def test_recv_waits_past_the_spin_for_a_late_frame(pair):
     ours, theirs = pair
     channel = Channel(ours, 1 << 20, spin=0.0001)
     channel.settimeout(10.0)
-    late = threading.Timer(0.05, theirs.sendall, (encode(Accepted("late")),))
-    late.start()
-    try:
-        assert channel.recv().task_id == "late"
-    finally:
-        late.cancel()
+    assert_late_frame_arrives(channel, theirs)
 
 
 def test_a_frame_larger_than_the_read_buffer_arrives_whole(pair):
@@ -169,12 +174,7 @@ def test_a_timeout_too_long_for_poll_still_waits(pair):
     ours, theirs = pair
     channel = Channel(ours, 1 << 20)
     channel.settimeout(3e9)  # past poll()'s C int of milliseconds
-    late = threading.Timer(0.05, theirs.sendall, (encode(Accepted("late")),))
-    late.start()
-    try:
-        assert channel.recv().task_id == "late"
-    finally:
-        late.cancel()
+    assert_late_frame_arrives(channel, theirs)
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan")])
@@ -217,12 +217,7 @@ def test_without_poll_the_channel_waits_in_select(pair, monkeypatch):
     ours, theirs = pair
     channel = Channel(ours, 1 << 20)
     channel.settimeout(10.0)
-    late = threading.Timer(0.05, theirs.sendall, (encode(Accepted("late")),))
-    late.start()
-    try:
-        assert channel.recv().task_id == "late"
-    finally:
-        late.cancel()
+    assert_late_frame_arrives(channel, theirs)
     channel.settimeout(0.05)
     with pytest.raises(TimeoutError):
         channel.recv()
