@@ -25,12 +25,13 @@ from django.db import DatabaseError, connection, transaction
 
 from taskpool.errors import StoreError
 from taskpool.protocol import READY, RUNNING
+from taskpool.records import field_names
 from taskpool.stores.base import MUTABLE, Recovery, Store, SupervisorRecord, TaskRow, orphan
 
 log = logging.getLogger("taskpool.store")
 
 TIME_FIELDS = ("run_after", "enqueued_at", "started_at", "finished_at", "last_attempted_at")
-FIELDS = tuple(TaskRow.__dataclass_fields__)
+FIELDS = field_names(TaskRow)
 UPSERT_VENDORS = frozenset({"sqlite", "postgresql"})
 FINAL_SQL = "('SUCCESSFUL', 'FAILED', 'CANCELLED')"
 

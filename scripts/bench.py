@@ -649,6 +649,13 @@ def socket_floor(n: int) -> dict[str, float]:
     return figures
 
 
+def editable_install() -> bool:
+    """Whether this interpreter loads setuptools' editable-install hook at start (``pip install
+    -e``): it adds pathlib, re and urllib.parse to every process, ~1.5 MiB of RSS each, which
+    a deployment's regular install does not have. scripts/bench uses a regular install."""
+    return any(name.startswith("__editable__") for name in sys.modules)
+
+
 def print_report(medians: dict[str, dict], ratios: dict[str, dict], targets: list[dict], backlog: int,
                  quick: bool, floor: dict[str, float] | None = None) -> None:
     print(f"\n{'':24}" + "".join(f"{heading:>13}" for _, heading, _ in COLUMNS))
@@ -663,6 +670,9 @@ def print_report(medians: dict[str, dict], ratios: dict[str, dict], targets: lis
     note = " (--quick; the issue's figure is 100,000)" if quick else ""
     print(f"\nbacklog: {backlog:,} READY no-ops{note}, supervisor --max-ready {MAX_READY}; "
           f"W1/W4 wait with {'taskpool.wait()' if hasattr(taskpool, 'wait') else 'h.result() per handle'}")
+    if editable_install():
+        print("RSS: measured with an editable install of taskpool (pip install -e): its import hook is in every "
+              "process; scripts/bench measures a regular install")
     judged = [t for t in targets if t["met"] is not None]
     caveat = " (--quick: small sizes, indicative only)" if quick else ""
     print(f"targets (issue 5): {sum(t['met'] for t in judged)} of {len(judged)} met{caveat}")
@@ -718,6 +728,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps({
             "sizes": sizes, "repeat": repeat, "quick": args.quick, "workers": WORKERS, "max_ready": MAX_READY,
             "waiting": "taskpool.wait" if hasattr(taskpool, "wait") else "result_per_handle",
+            "editable_install": editable_install(),
             "runners": [s.name for s in specs], "medians": medians, "ratios_to_pool": ratios,
             "targets": targets, "runs": runs, "floor": floor, "elapsed_s": elapsed,
         }, indent=2))

@@ -24,7 +24,6 @@ import struct
 import sys
 import tempfile
 import typing
-from dataclasses import fields
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 with atheris.instrument_imports():
     from taskpool import protocol
     from taskpool.errors import ProtocolError
+    from taskpool.records import field_names
 
 MAX_FRAME = 64 * 1024
 HEADER = struct.Struct(">I")
@@ -54,7 +54,7 @@ def same(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, protocol.Message):
-        return all(same(getattr(a, f.name), getattr(b, f.name)) for f in fields(a))
+        return all(same(getattr(a, name), getattr(b, name)) for name in field_names(a))
     if type(a) is list:
         return len(a) == len(b) and all(map(same, a, b))
     if type(a) is dict:
@@ -110,14 +110,18 @@ HOSTILE = [
 ]
 
 
+# The names protocol.py's annotations use; it imports typing only for type checkers.
+TYPING_NAMES = {"Any": Any, "ClassVar": typing.ClassVar}
+
+
 def seeds() -> list[bytes]:
     """A valid frame of every message type (as mode 0 and as mode 1) and the hostile shapes."""
     result = []
     for cls in protocol._BY_CODE.values():
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, localns=TYPING_NAMES)
         values = []
-        for f in fields(cls):
-            hint = hints[f.name]
+        for name in field_names(cls):
+            hint = hints[name]
             values.append(BASELINE[typing.get_args(hint)[0] if isinstance(hint, UnionType) else hint])
         encoded = protocol.encode(cls(*values))
         result += [b"\x00\x00" + encoded, b"\x01\x00" + encoded[4:], b"\x00\x02\x00\x03\x00\x07" + encoded * 2]

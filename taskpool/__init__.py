@@ -19,8 +19,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from typing import TYPE_CHECKING, Any  # noqa: E402
-
 from .errors import (  # noqa: E402
     ConfigError,
     InvalidArguments,
@@ -39,7 +37,10 @@ from .errors import (  # noqa: E402
 from .registry import Task, task  # noqa: E402
 from .worker import progress  # noqa: E402
 
+TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.md, idle RSS)
 if TYPE_CHECKING:
+    from typing import Any
+
     from .client import TaskHandle, cancel, configure, get, stats, submit, submit_many, wait
 
 _CLIENT_NAMES = frozenset({"TaskHandle", "cancel", "configure", "get", "stats", "submit", "submit_many", "wait"})

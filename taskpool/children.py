@@ -17,9 +17,9 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import StrEnum
 
+from .records import Factory, record
 from .transport import FramedConnection
 from .worker import BOOT_ERROR_EXIT, worker_main
 
@@ -32,7 +32,7 @@ class WorkerState(StrEnum):
     KILLED = "killed"      # SIGKILL sent; waiting to be reaped
 
 
-@dataclass(slots=True, eq=False)
+@record(eq=False)
 class WorkerProc:
     wid: int
     pid: int
@@ -41,7 +41,7 @@ class WorkerProc:
     started: float  # monotonic
     state: WorkerState = WorkerState.BOOTING
     task_id: str | None = None  # the task it is running
-    queued: deque = field(default_factory=deque)  # ids sent ahead (prefetch), not started yet, in order
+    queued: deque = Factory(deque)  # ids sent ahead (prefetch), not started yet, in order
     running_name: str = ""  # the name of the task it runs, and since when (monotonic)
     running_since: float = 0.0
     tasks_done: int = 0
@@ -49,7 +49,7 @@ class WorkerProc:
     kill_at: float | None = None  # escalation to SIGKILL, monotonic
     retire_after_task: bool = False
     boot_error: str | None = None
-    names: list = field(default_factory=list)
+    names: list = Factory(list)
 
     @property
     def serving(self) -> bool:

@@ -11,15 +11,18 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from .errors import ConfigError
+from .records import Factory, record
+
+TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.md, idle RSS)
+if TYPE_CHECKING:
+    from typing import Any
 
 SOCKET_NAME = "taskpool.sock"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Setting:
     name: str
     parse: Callable[[str], Any]
@@ -117,7 +120,7 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME = {s.name: s for s in SETTINGS}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     """The supervisor's settings; built by ``load_config`` and never changed."""
 
@@ -144,7 +147,7 @@ class Config:
     pidfile: str | None
     log_file: str | None
     log_level: str
-    sources: dict = field(default_factory=dict, compare=False, repr=False)
+    sources: dict = Factory(dict)  # the settings given explicitly (CLI or Django), as given
 
     @property
     def socket_path(self) -> str:

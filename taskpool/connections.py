@@ -19,12 +19,15 @@ import os
 import selectors
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 from .errors import ProtocolError
 from .protocol import MAGIC, PROTOCOL_VERSION, Error, Hello, Message, TaskInfo, Welcome, encode
+from .records import record
 from .transport import Closed, FramedConnection, peer_credentials
+
+TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.md, idle RSS)
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("taskpool.supervisor")
 
@@ -34,7 +37,7 @@ ACCEPT_PAUSE = 0.25  # seconds without accepting once descriptors run out
 RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-@dataclass(slots=True, eq=False)
+@record(eq=False)
 class Client:
     conn: FramedConnection
     greeted: bool = False
@@ -42,7 +45,7 @@ class Client:
     closed: bool = False
 
 
-@dataclass(slots=True, eq=False)
+@record(eq=False)
 class Waiter:
     client: Client
     task_id: str

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.md, idle RSS)
+if TYPE_CHECKING:
+    from typing import Any
 
 SAMPLE_INTERVAL = 1.0
 _PROC = os.path.exists("/proc/self/statm")

@@ -10,9 +10,12 @@ checks results, and every decoder checks what it reads (``first_bad``, worded by
 from __future__ import annotations
 
 from math import isfinite
-from typing import Any
 
 from .errors import InvalidArguments
+
+TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.md, idle RSS)
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_JSON_DEPTH = 100  # levels of arrays and maps in one value, the outermost at level 0
 _INT_MIN, _INT_END = -(2**63), 2**64

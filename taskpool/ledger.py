@@ -12,8 +12,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from .protocol import (
     CANCELLED,
@@ -25,11 +23,16 @@ from .protocol import (
     Submit,
     TaskInfo,
 )
+from .records import record
+
+TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.md, idle RSS)
+if TYPE_CHECKING:
+    from typing import Any
 
 Listener = Callable[["TaskState", str], None]
 
 
-@dataclass(slots=True)
+@record
 class _Run:
     """What a task gains once it starts: absent (None) while it waits, 48 bytes less for
     each of a backlog's READY tasks."""
@@ -59,7 +62,7 @@ def _run_field(name: str) -> property:
     return property(get, put)
 
 
-@dataclass(slots=True)
+@record
 class TaskState:
     task_id: str
     name: str

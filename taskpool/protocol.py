@@ -23,15 +23,17 @@ import math
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import MISSING, dataclass, fields
-from operator import attrgetter
-from typing import Any, ClassVar
 
 import msgpack
 
 from .errors import InvalidArguments, ProtocolError
 from .json_values import first_bad
 from .msgpack_claims import check_claims
+from .records import field_names, record
+
+TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.md, idle RSS)
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 PROTOCOL_VERSION = 1
 MAGIC = "taskpool"
@@ -73,11 +75,12 @@ _ANY = (object,)
 
 
 class Message:
-    """Base of all frames. Subclasses are frozen, slotted dataclasses."""
+    """Base of all frames. Subclasses are frozen records (taskpool.records)."""
 
+    __slots__ = ()
     type_code: ClassVar[int]
     _types: ClassVar[tuple[tuple[type, ...], ...]]
-    _getter: ClassVar[Any]
+    _record_values: ClassVar[Any]  # the field values as a tuple (records.record)
 
 
 _BY_CODE: dict[int, type[Message]] = {}
@@ -88,51 +91,16 @@ def message(code: int, *types: tuple[type, ...]):
     """Register a message class under ``code`` with the accepted type of each field."""
 
     def register(cls: type) -> type:
-        cls = dataclass(frozen=True, slots=True)(cls)
-        names = [f.name for f in fields(cls)]
+        cls = record(cls, frozen=True)
+        names = field_names(cls)
         if len(names) != len(types):
             raise AssertionError(f"{cls.__name__}: {len(names)} fields, {len(types)} types")
         cls.type_code = code
         cls._types = types
-        cls._getter = staticmethod(_values_getter(names))
-        cls.__init__ = _fast_init(cls)
         _BY_CODE[code] = cls
         return cls
 
     return register
-
-
-def _fast_init(cls: type) -> Callable[..., None]:
-    """An ``__init__`` that fills the slots through their descriptors, as the decoders do: a
-    frozen dataclass's own goes through ``object.__setattr__`` per field, 1.3 us for a
-    ``Run`` or a ``Done``, built once per task on each side."""
-    params, body, namespace = [], [], {}
-    for f in fields(cls):
-        if f.default is not MISSING:
-            namespace[f"d_{f.name}"] = f.default
-            params.append(f"{f.name}=d_{f.name}")
-        elif f.default_factory is not MISSING:
-            raise AssertionError(f"{cls.__name__}.{f.name}: messages take no default factories")
-        else:
-            params.append(f.name)
-        namespace[f"set_{f.name}"] = cls.__dict__[f.name].__set__
-        body.append(f"    set_{f.name}(self, {f.name})")
-    source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or "    pass")
-    exec(source, namespace)  # noqa: S102 - our own source, built from the message's fields
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    return init
-
-
-def _values_getter(names: list[str]) -> Callable[[Any], tuple]:
-    """A function giving a message's field values as a tuple, made once per class (a
-    ``dataclasses.fields`` walk per encode was 8% of the supervisor's loop)."""
-    if len(names) > 1:
-        return attrgetter(*names)
-    if names:
-        one = attrgetter(names[0])
-        return lambda msg: (one(msg),)
-    return lambda msg: ()
 
 
 # -- client -> supervisor ---------------------------------------------------
@@ -347,7 +315,7 @@ PACKER_KEEP = 1 << 20  # a Packer never shrinks its buffer: one that packed more
 
 def encode(msg: Message) -> bytes:
     """One frame: header and payload. Raises InvalidArguments for unencodable values."""
-    values = [msg.type_code, *msg._getter(msg)]
+    values = [msg.type_code, *msg._record_values(msg)]
     try:
         payload = _packer().pack(values)
         if len(payload) > PACKER_KEEP:
@@ -427,7 +395,7 @@ def _compile_builder(cls: type, names: list[str], types: tuple) -> Callable[[lis
 
 def _compile_builders() -> None:
     for code, cls in _BY_CODE.items():
-        _BUILDERS[code] = _compile_builder(cls, [f.name for f in fields(cls)], cls._types)
+        _BUILDERS[code] = _compile_builder(cls, list(field_names(cls)), cls._types)
 
 
 def decode_payload(payload: bytes | bytearray | memoryview, trusted: bool = False) -> Message:
@@ -464,12 +432,12 @@ def _validate(cls: type[Message], args: list) -> Message:
     for index, (value, accepted) in enumerate(zip(args, types, strict=True)):
         if accepted is _ANY or accepted is _OPT_DICT or list in accepted or dict in accepted:
             if accepted is not _ANY and not isinstance(value, accepted):
-                raise ProtocolError(f"{cls.__name__}.{fields(cls)[index].name} has type {type(value).__name__}")
-            _deep_check(value, f"{cls.__name__}.{fields(cls)[index].name}")
+                raise ProtocolError(f"{cls.__name__}.{field_names(cls)[index]} has type {type(value).__name__}")
+            _deep_check(value, f"{cls.__name__}.{field_names(cls)[index]}")
         elif not isinstance(value, accepted) or (type(value) is bool and bool not in accepted):
-            raise ProtocolError(f"{cls.__name__}.{fields(cls)[index].name} has type {type(value).__name__}")
+            raise ProtocolError(f"{cls.__name__}.{field_names(cls)[index]} has type {type(value).__name__}")
         elif type(value) is float and not math.isfinite(value):
-            raise ProtocolError(f"{cls.__name__}.{fields(cls)[index].name} is {value}, not a finite number")
+            raise ProtocolError(f"{cls.__name__}.{field_names(cls)[index]} is {value}, not a finite number")
     return cls(*args)
 
 

@@ -28,12 +28,12 @@ import signal
 import socket
 import time
 import traceback
-from dataclasses import dataclass
 
 from . import titles
 from .errors import StoreError
 from .locks import lock_is_free, lock_path
 from .protocol import Adopt, Error, Pull, Record, Recorded, encode_chunks
+from .records import record
 from .stores import Store, SupervisorRecord, TaskRow, open_store
 from .transport import Channel, Closed
 
@@ -47,7 +47,7 @@ PURGE_BATCH = 500
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
-@dataclass
+@record
 class RecorderSettings:
     store: str
     spool: str

@@ -12,15 +12,18 @@ import datetime as dt
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
 
 from .errors import ConfigError, TaskTimeout
+from .records import record, replace
+
+TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.md, idle RSS)
+if TYPE_CHECKING:
+    from typing import Any
 
 MIN_PRIORITY, MAX_PRIORITY = -100, 100  # Django's Tasks framework uses the same range
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True)
 class TaskOptions:
     """Per-task defaults, overridable per call with ``Task.using``."""
 

@@ -25,7 +25,6 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from . import __version__, titles
 from .children import WorkerProc, WorkerState, kill, reap, spawn
@@ -53,6 +52,10 @@ from .recording import RecorderLink
 from .scheduler import Scheduler
 from .transport import ensure_private_dir, group_id, listen, raise_descriptor_limit
 from .worker_events import BOOT_FAILURE_EXIT, SupervisorExit, WorkerEvents
+
+TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.md, idle RSS)
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("taskpool.supervisor")
 

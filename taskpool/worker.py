@@ -25,7 +25,6 @@ import time
 import traceback
 from collections.abc import Callable
 from types import CoroutineType
-from typing import Any
 
 from . import titles
 from .errors import InvalidArguments, ProtocolError, Retry
@@ -33,6 +32,10 @@ from .json_values import check_json_compatible
 from .protocol import Cancel, Done, Progress, Ready, Run, encode
 from .registry import backoff_delay, default_registry
 from .transport import Channel, Closed
+
+TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.md, idle RSS)
+if TYPE_CHECKING:
+    from typing import Any
 
 BOOT_ERROR_EXIT = 3
 REPLY_MARGIN = 64 * 1024  # a result leaves this much of a frame (or a quarter) for the reply carrying it

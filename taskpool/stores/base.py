@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from operator import attrgetter
-from typing import Any
 
 from ..protocol import CANCELLED, FAILED, READY
+from ..records import Factory, field_names, record
+
+TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.md, idle RSS)
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Columns that change after insert; an update carries all of them (latest wins).
 MUTABLE = (
@@ -25,7 +27,7 @@ MUTABLE = (
 )
 
 
-@dataclass(slots=True)
+@record
 class TaskRow:
     task_id: str
     name: str
@@ -42,11 +44,11 @@ class TaskRow:
     started_at: float | None = None
     finished_at: float | None = None
     last_attempted_at: float | None = None
-    worker_ids: list = field(default_factory=list)
+    worker_ids: list = Factory(list)
     progress: float | None = None
     progress_message: str | None = None
     result: Any = None
-    errors: list = field(default_factory=list)
+    errors: list = Factory(list)
     held_by: str | None = None
 
     def as_dict(self) -> dict:
@@ -54,11 +56,11 @@ class TaskRow:
         return dict(zip(_ROW_FIELDS, _row_values(self), strict=True))
 
 
-_ROW_FIELDS = tuple(TaskRow.__dataclass_fields__)
-_row_values = attrgetter(*_ROW_FIELDS)
+_ROW_FIELDS = field_names(TaskRow)
+_row_values = TaskRow._record_values
 
 
-@dataclass(slots=True)
+@record
 class SupervisorRecord:
     supervisor_id: str
     host: str
@@ -67,12 +69,12 @@ class SupervisorRecord:
     heartbeat_at: float
 
 
-@dataclass(slots=True)
+@record
 class Recovery:
     """What a recovery sweep did: rows put back to READY, and rows failed for good."""
 
-    requeued: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    requeued: list[str] = Factory(list)
+    failed: list[str] = Factory(list)
 
 
 def orphan(record: Any, finished_at: Any) -> bool:

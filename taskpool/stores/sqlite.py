@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from ..errors import StoreError
 from ..protocol import READY, RUNNING
+from ..records import field_names
 from .base import MUTABLE, Recovery, Store, SupervisorRecord, TaskRow, orphan
 
 log = logging.getLogger("taskpool.store")
@@ -32,7 +33,7 @@ log = logging.getLogger("taskpool.store")
 FILENAME = "taskpool.sqlite3"
 BUSY_TIMEOUT_MS = 5000
 T = TypeVar("T")
-COLUMNS = tuple(TaskRow.__dataclass_fields__)
+COLUMNS = field_names(TaskRow)
 JSON_COLUMNS = frozenset({"args", "kwargs", "worker_ids", "result", "errors"})
 FINAL_SQL = "('SUCCESSFUL', 'FAILED', 'CANCELLED')"
 

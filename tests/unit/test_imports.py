@@ -22,6 +22,9 @@ from taskpool.health import ProcessSampler
 
 # Each is needed in one process or on a rare path only, and imported there:
 NOT_BEFORE_FORK = (
+    "dataclasses",  # taskpool.records instead: dataclasses imports inspect
+    "inspect",  # with ast and dis: ~1.2 MiB of RSS in every process
+    "typing",  # annotations only, imported under TYPE_CHECKING: ~0.5 MiB
     "uuid",  # the supervisor's id is os.urandom(16).hex()
     "asyncio",  # worker: only for a task that returns a coroutine
     "ssl",  # came with asyncio

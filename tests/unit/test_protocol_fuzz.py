@@ -28,7 +28,7 @@ import sys
 import tracemalloc
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any
@@ -43,6 +43,7 @@ from taskpool.errors import InvalidArguments, ProtocolError
 from taskpool.json_values import check_json_compatible
 from taskpool.msgpack_claims import check_claims
 from taskpool.protocol import DEFAULT_MAX_FRAME, Decoder, Message, decode_payload, encode
+from taskpool.records import field_names
 
 CLASSES: list[type[Message]] = [protocol._BY_CODE[code] for code in sorted(protocol._BY_CODE)]
 CODES = frozenset(protocol._BY_CODE)
@@ -68,13 +69,17 @@ def frame(payload: bytes) -> bytes:
 # mistake in the decoder's own type table or its generated fast path shows up as a mismatch.
 
 
+# The names protocol.py's annotations use; it imports typing only for type checkers.
+TYPING_NAMES = {"Any": Any, "ClassVar": typing.ClassVar}
+
+
 def declared_kinds(cls: type[Message]) -> list[tuple[str, tuple[Any, ...]]]:
     """(field name, accepted kinds) in wire order; ``float | None`` -> (float, NoneType)."""
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, localns=TYPING_NAMES)
     result = []
-    for field in fields(cls):
-        hint = hints[field.name]
-        result.append((field.name, typing.get_args(hint) if isinstance(hint, UnionType) else (hint,)))
+    for name in field_names(cls):
+        hint = hints[name]
+        result.append((name, typing.get_args(hint) if isinstance(hint, UnionType) else (hint,)))
     return result
 
 
@@ -124,7 +129,7 @@ def same(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, Message):
-        return all(same(getattr(a, f.name), getattr(b, f.name)) for f in fields(a))
+        return all(same(getattr(a, name), getattr(b, name)) for name in field_names(a))
     if type(a) is list:
         return len(a) == len(b) and all(map(same, a, b))
     if type(a) is dict:
@@ -658,7 +663,7 @@ wrappings: list[Callable[[object], object]] = [
 def test_integers_over_64_bits_are_refused_when_encoding(msg: Message, position: int, huge: int, wrap: Callable) -> None:
     """msgpack has no integer wider than 64 bits, so none can arrive; the encoder must say so as
     InvalidArguments (not OverflowError), wherever the integer sits, however deep."""
-    names = [f.name for f in fields(msg)]
+    names = list(field_names(msg))
     values = {name: getattr(msg, name) for name in names}
     values[names[position % len(names)]] = wrap(huge)
     bad = type(msg)(**values)
