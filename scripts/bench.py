@@ -15,6 +15,10 @@ Workloads (2 workers, one producer); the JSON keys in brackets:
                                          during the submit_many run; [w1_cpu_us_total] every
                                          runner: all its processes together
   W2 latency:    sequential round trips: submit one no-op, wait for its result [w2_p50_us, w2_p99_us]
+                 taskpool: taskpool.submit_and_wait() (one round trip with the memory store);
+                 [w2_pair_p50_us, w2_pair_p99_us] taskpool: submit() then result(), interleaved
+                 with the former. The baselines: apply_async().get() / submit().result(), their
+                 one figure under both keys.
   W3 submit:     the submit() call alone, as a view pays it [w3_p50_us, w3_p99_us]. memory and
                  sqlite: taskpool.submit(). django: a view-like function with the ORM on SQLite:
                  in transaction.atomic() it reads a user (not timed), then calls submit(); the time
@@ -150,13 +154,13 @@ class BaselineRunner:
         return {"w1_tasks_per_s": rate, "w1_single_tasks_per_s": rate, "w1_cpu_us_total": cpu}  # one call per task
 
 
-    def latency(self, n: int) -> list[float]:
+    def latency(self, n: int) -> dict[str, list[float]]:
         out = []
         for i in range(n):
             start = time.perf_counter()
             self.get(self.call(bench_tasks.noop_fn, i))
             out.append(elapsed_since(start))
-        return out
+        return {"w2": out, "w2_pair": out}  # one way to wait for a result here
 
     def submit_cost(self, n: int) -> list[float]:
         out, pending = [], []
@@ -333,13 +337,21 @@ class TaskpoolRunner:
         wait_all(handles)
         return {"w1_tasks_per_s": many, "w1_single_tasks_per_s": n / elapsed_since(start), **cpu}
 
-    def latency(self, n: int) -> list[float]:
-        out = []
+    def latency(self, n: int) -> dict[str, list[float]]:
+        """submit_and_wait() and submit().result(), alternately, ``n`` of each."""
+        call = getattr(taskpool, "submit_and_wait", None)
+        one, pair = [], []
         for i in range(n):
             start = time.perf_counter()
+            if call is None:  # a taskpool from before submit_and_wait
+                taskpool.submit(bench_tasks.noop, i).result(timeout=60)
+            else:
+                call(bench_tasks.noop, (i,), timeout=60)
+            one.append(elapsed_since(start))
+            start = time.perf_counter()
             taskpool.submit(bench_tasks.noop, i).result(timeout=60)
-            out.append(elapsed_since(start))
-        return out
+            pair.append(elapsed_since(start))
+        return {"w2": one, "w2_pair": pair}
 
     def submit_cost(self, n: int) -> list[float]:
         out, pending = [], []
@@ -531,6 +543,7 @@ COLUMNS = (  # key, heading, format
     ("w1_single_tasks_per_s", "W1 single/s", ".0f"),
     ("w2_p50_us", "W2 p50 us", ".1f"),
     ("w2_p99_us", "W2 p99 us", ".1f"),
+    ("w2_pair_p50_us", "W2 s+r p50", ".1f"),
     ("w3_p50_us", "W3 p50 us", ".1f"),
     ("w3_p99_us", "W3 p99 us", ".1f"),
     ("w4_efficiency", "W4 eff", ".2f"),
@@ -553,8 +566,9 @@ def measure(runner: Any, sizes: dict[str, int]) -> dict[str, float]:
         figures = r.throughput(sizes["w1"])
         figures["w4_efficiency"] = r.efficiency(sizes["w4"], 10.0)
         figures.update(r.memory(sizes["backlog"]))
-    figures["w2_p50_us"] = percentile(w2, 0.5) * 1e6
-    figures["w2_p99_us"] = percentile(w2, 0.99) * 1e6
+    for key, times in w2.items():
+        figures[f"{key}_p50_us"] = percentile(times, 0.5) * 1e6
+        figures[f"{key}_p99_us"] = percentile(times, 0.99) * 1e6
     figures["w3_p50_us"] = percentile(w3, 0.5) * 1e6
     figures["w3_p99_us"] = percentile(w3, 0.99) * 1e6
     return figures

@@ -41,9 +41,11 @@ TYPE_CHECKING = False  # typing stays unimported at run time (docs/performance.m
 if TYPE_CHECKING:
     from typing import Any
 
-    from .client import TaskHandle, cancel, configure, get, stats, submit, submit_many, wait
+    from .client import TaskHandle, cancel, configure, get, stats, submit, submit_and_wait, submit_many, wait
 
-_CLIENT_NAMES = frozenset({"TaskHandle", "cancel", "configure", "get", "stats", "submit", "submit_many", "wait"})
+_CLIENT_NAMES = frozenset({
+    "TaskHandle", "cancel", "configure", "get", "stats", "submit", "submit_and_wait", "submit_many", "wait",
+})
 
 
 def __getattr__(name: str) -> Any:
@@ -65,5 +67,5 @@ __all__ = [
     "ConfigError", "InvalidArguments", "ProtocolError", "RemoteError", "ResultTimeout", "Retry", "StoreError",
     "SupervisorUnavailable", "Task", "TaskFailed", "TaskHandle", "TaskNotFound", "TaskTimeout",
     "TaskpoolError", "UnknownTask", "__version__", "cancel", "configure", "get", "progress",
-    "stats", "submit", "submit_many", "task", "wait",
+    "stats", "submit", "submit_and_wait", "submit_many", "task", "wait",
 ]

@@ -12,6 +12,7 @@ from helpers import wait_until
 import taskpool
 from taskpool.client import Client, default_client
 from taskpool.protocol import StatsRequest
+from taskpool.transport import Channel
 
 
 @pytest.fixture
@@ -153,3 +154,55 @@ def test_stored_submits_of_a_known_name_need_no_reply_and_a_refusal_lands_in_the
     assert info.status == "FAILED" and info.errors[-1]["type"] == "taskpool.errors.UnknownTask"
     wait_until(lambda: configured.store.fetch(handle.id).status == "FAILED", timeout=15, message="the row FAILED")
     assert client.query(first.id).status == "SUCCESSFUL"  # replies still line up with requests
+
+
+# -- submit_and_wait: one round trip with the memory store --------------------------------------
+
+
+@pytest.fixture
+def memory_pool(start_supervisor):
+    sup = start_supervisor("--workers", "2", "--store", "memory")
+    taskpool.configure(spool=str(sup.spool), store="memory")
+    yield sup
+    taskpool.configure(spool="", store="")
+
+
+def test_submit_and_wait_returns_the_result_in_one_round_trip(memory_pool, monkeypatch):
+    sends: list[bytes] = []
+    real_send = Channel.send_bytes
+
+    def counted_send(self, data):
+        sends.append(bytes(data))
+        return real_send(self, data)
+
+    assert taskpool.submit_and_wait(sample_tasks.add, (1, 1)) == 2  # connected and greeted
+    monkeypatch.setattr(Channel, "send_bytes", counted_send)
+    assert taskpool.submit_and_wait(sample_tasks.add, (2, 3)) == 5
+    assert len(sends) == 1  # the Submit and its wait went in one write
+    assert taskpool.submit_and_wait(sample_tasks.add.name, [4], {"b": 1}, timeout=10) == 5  # by name, kwargs
+    counters = memory_pool.stats()["counters"]
+    assert counters["submitted"] == 3 and counters["succeeded"] == 3
+
+
+def test_submit_and_wait_raises_what_the_task_and_the_supervisor_say(memory_pool, tmp_path):
+    with pytest.raises(taskpool.UnknownTask):
+        taskpool.submit_and_wait("no.such.task", (1,))
+    with pytest.raises(taskpool.InvalidArguments):
+        taskpool.submit_and_wait(sample_tasks.echo, ({1, 2},))  # a set is not JSON: refused before sending
+    with pytest.raises(taskpool.TaskFailed) as failed:
+        taskpool.submit_and_wait(sample_tasks.fail, ("boom",), timeout=30)
+    assert "boom" in str(failed.value)
+    gate = tmp_path / "gate"
+    with pytest.raises(taskpool.ResultTimeout) as late:
+        taskpool.submit_and_wait(sample_tasks.wait_for_file, (str(gate), 30), timeout=0.3)
+    task_id = str(late.value).split()[1]
+    gate.touch()
+    assert taskpool.get(task_id).result(timeout=30) == "released"  # it went on running
+    assert taskpool.submit_and_wait(sample_tasks.add, (1, 1)) == 2  # the connection still serves
+    assert memory_pool.stats()["counters"]["submitted"] == 3  # fail, wait_for_file, add: the refused never were tasks
+
+
+def test_submit_and_wait_with_a_durable_store_is_submit_then_result(configured):
+    assert taskpool.submit_and_wait(sample_tasks.add, (20, 22), timeout=30) == 42
+    with pytest.raises(taskpool.UnknownTask):
+        taskpool.submit_and_wait("no.such.task")
