@@ -384,17 +384,17 @@ def submit_and_wait(task: Task | str, args: Sequence = (), kwargs: dict | None =
     for the task's end go in one write. With a durable store it is exactly submit() then
     result(); with the django store call it outside ``transaction.atomic()`` (the task cannot
     start before the row is committed)."""
-    kwargs = kwargs or {}
+    kwargs = {} if kwargs is None else kwargs
     store = default_store()
     if store.durable or immediate_mode():
-        return submit(task, *args, **kwargs).result(timeout)
+        return submit_many([(task, args, kwargs)])[0].result(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     client = default_client()
     checked = _check_call(task, args, kwargs)
     client.known_names()  # connects this thread
     _check_agreement(client, store)
     msg = _make_submit(checked, stored=False)
-    wait = WAIT_CHUNK if timeout is None else max(0.0, timeout)
+    wait = WAIT_CHUNK if timeout is None else min(WAIT_CHUNK, max(0.0, timeout))  # longer: handle.result() goes on
     accepted, info = client.exchange([msg, Query(msg.task_id, float(wait))], wait=wait)
     if isinstance(accepted, Error):
         raise_error(accepted)  # refused: the Query's reply (not_found) was read with it
@@ -405,6 +405,8 @@ def submit_and_wait(task: Task | str, args: Sequence = (), kwargs: dict | None =
     assert isinstance(info, TaskInfo), info
     if info.status in FINAL_STATUSES:
         handle._final = info
+    elif deadline is not None and time.monotonic() >= deadline:
+        raise ResultTimeout(f"task {handle.id} is still {info.status} after {timeout}s")
     return handle.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 

@@ -147,7 +147,7 @@ class Config:
     pidfile: str | None
     log_file: str | None
     log_level: str
-    sources: dict = Factory(dict)  # the settings given explicitly (CLI or Django), as given
+    sources: dict = Factory(dict, compare=False)  # the settings given explicitly (CLI or Django), as given
 
     @property
     def socket_path(self) -> str:

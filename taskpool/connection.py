@@ -104,14 +104,20 @@ class Client:
 
     def exchange(self, msgs: Sequence[Message], wait: float = 0.0, data: bytes | None = None) -> list[Message]:
         """Send requests in one write and read one reply each (Error replies included).
-        ``data``: the requests already encoded by ``encode``."""
+        ``data``: the requests already encoded by ``encode``.
+
+        A broken connection is tried once more, with everything sent again, only while no reply
+        has come: once one has, the supervisor acted on the requests (a refusal it closed after
+        is raised as such)."""
         data = self.encode(msgs) if data is None else data
         for attempt in (1, 2):
             channel = self._channel()
+            replies: list[Message] = []
             try:
                 channel.settimeout(self.timeout + wait)
                 channel.send_bytes(data)
-                replies = [channel.recv() for _ in msgs]
+                for _ in msgs:
+                    replies.append(channel.recv())
                 break
             except TimeoutError:
                 self._forget()
@@ -122,7 +128,10 @@ class Client:
                 raise
             except (Closed, OSError) as exc:
                 self._forget()
-                if attempt == 2:
+                refused = next((r for r in replies if isinstance(r, Error)), None)
+                if refused is not None:
+                    raise_error(refused)
+                if attempt == 2 or replies:
                     raise SupervisorUnavailable(f"lost the connection to the supervisor at {self.path}: {exc}") from None
         if any(isinstance(r, Error) and r.code in ("bad_frame", "bad_version", "forbidden") for r in replies):
             self._forget()  # the supervisor closes the connection after these

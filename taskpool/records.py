@@ -23,12 +23,14 @@ if TYPE_CHECKING:
 
 
 class Factory:
-    """A field's default made afresh for each instance, as ``field(default_factory=...)``."""
+    """A field's default made afresh for each instance, as ``field(default_factory=...)``.
+    ``compare=False``: the field is left out of ``==``, the hash and the repr."""
 
-    __slots__ = ("make",)
+    __slots__ = ("make", "compare")
 
-    def __init__(self, make: Callable[[], Any]) -> None:
+    def __init__(self, make: Callable[[], Any], compare: bool = True) -> None:
         self.make = make
+        self.compare = compare
 
 
 class _NotGiven:
@@ -84,12 +86,14 @@ def _build(cls: type, frozen: bool, eq: bool) -> type:
     namespace["__slots__"] = names
     namespace["__record_fields__"] = names
     values = _values_getter(names)
+    compared_names = tuple(n for n in names if not (isinstance(defaults.get(n), Factory) and not defaults[n].compare))
+    compared = _values_getter(compared_names)
     namespace["_record_values"] = staticmethod(values)
-    namespace["__repr__"] = _make_repr(names)
+    namespace["__repr__"] = _make_repr(compared_names)
     namespace["__reduce__"] = lambda self: (type(self), values(self))  # pickle and copy, frozen or not
     if eq:
-        namespace["__eq__"] = _make_eq(values)
-        namespace["__hash__"] = (lambda self: hash(values(self))) if frozen else None
+        namespace["__eq__"] = _make_eq(compared)
+        namespace["__hash__"] = (lambda self: hash(compared(self))) if frozen else None
     if frozen:
         namespace["__setattr__"] = _refuse_assignment
         namespace["__delattr__"] = _refuse_assignment

@@ -193,7 +193,7 @@ def test_submit_and_wait_raises_what_the_task_and_the_supervisor_say(memory_pool
         taskpool.submit_and_wait(sample_tasks.fail, ("boom",), timeout=30)
     assert "boom" in str(failed.value)
     gate = tmp_path / "gate"
-    with pytest.raises(taskpool.ResultTimeout) as late:
+    with pytest.raises(taskpool.ResultTimeout, match="after 0.3s") as late:
         taskpool.submit_and_wait(sample_tasks.wait_for_file, (str(gate), 30), timeout=0.3)
     task_id = str(late.value).split()[1]
     gate.touch()
@@ -206,3 +206,26 @@ def test_submit_and_wait_with_a_durable_store_is_submit_then_result(configured):
     assert taskpool.submit_and_wait(sample_tasks.add, (20, 22), timeout=30) == 42
     with pytest.raises(taskpool.UnknownTask):
         taskpool.submit_and_wait("no.such.task")
+
+
+def test_submit_and_wait_reports_a_refusal_the_supervisor_closed_after(start_supervisor, monkeypatch):
+    sup = start_supervisor("--workers", "1", "--store", "memory", "--max-frame", "65536")
+    taskpool.configure(spool=str(sup.spool), store="memory")
+    try:
+        sends: list[int] = []
+        real_send = Channel.send_bytes
+        monkeypatch.setattr(Channel, "send_bytes", lambda self, data: (sends.append(len(data)), real_send(self, data))[1])
+        with pytest.raises(taskpool.RemoteError, match="65536-byte limit"):  # not "lost the connection"
+            taskpool.submit_and_wait(sample_tasks.echo, ("x" * 100_000,), timeout=10)
+        assert sum(size > 65536 for size in sends) == 1  # refused and closed: not sent again
+        assert taskpool.submit_and_wait(sample_tasks.echo, ("small",), timeout=10) == "small"
+        assert sup.stats()["counters"]["submitted"] == 1
+    finally:
+        taskpool.configure(spool="", store="")
+
+
+def test_submit_and_wait_takes_kwargs_as_a_dict_with_a_durable_store(configured):
+    assert taskpool.submit_and_wait(sample_tasks.echo, (), {"value": {"task": 1}}, timeout=30) == {"task": 1}
+    assert taskpool.submit_and_wait(sample_tasks.add, (1,), {"b": 2}, timeout=30) == 3
+    with pytest.raises(taskpool.UnknownTask):  # a "task" key is an argument like any other
+        taskpool.submit_and_wait("no.such.task", (), {"task": 1}, timeout=30)

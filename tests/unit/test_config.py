@@ -240,3 +240,10 @@ def test_config_socket_path_follows_resolve_socket(tmp_path):
     assert load_config({"spool": spool}, environ={}).socket_path == os.path.join(spool, SOCKET_NAME)
     sock = str(tmp_path / "x.sock")
     assert load_config({"spool": spool, "socket": sock}, environ={}).socket_path == sock
+
+
+def test_configs_compare_and_hash_by_their_values_not_their_sources():
+    given, defaulted = load_config({"workers": 4}, environ={}), load_config({}, environ={"TASKPOOL_WORKERS": "4"})
+    assert given.sources != defaulted.sources
+    assert given == defaulted and hash(given) == hash(defaulted)
+    assert "sources" not in repr(given)

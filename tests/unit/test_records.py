@@ -129,3 +129,16 @@ def test_class_shape_errors_are_clear():
 
             def describe(self) -> str:
                 return super().__repr__()
+
+
+@record(frozen=True)
+class WithNotes:
+    value: int
+    notes: dict = Factory(dict, compare=False)
+
+
+def test_a_field_left_out_of_comparison():
+    a, b = WithNotes(1, {"from": "cli"}), WithNotes(1, {"from": "env"})
+    assert a == b and hash(a) == hash(b) and repr(a) == "WithNotes(value=1)"
+    assert WithNotes(1) != WithNotes(2)
+    assert pickle.loads(pickle.dumps(a)).notes == {"from": "cli"}  # still copied
