@@ -12,7 +12,6 @@ as ``Factory(list)``; no zero-argument ``super()`` in a record's methods (the cl
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from operator import attrgetter
 
@@ -118,6 +117,10 @@ def _make_init(cls: type, names: tuple[str, ...], defaults: dict[str, Any], froz
     params, body = [], []
     namespace: dict[str, Any] = {"NOT_GIVEN": _NOT_GIVEN}
     seen_default = None
+
+    def assign(name: str, value: str) -> str:
+        return f"    set_{name}(self, {value})" if frozen else f"    self.{name} = {value}"
+
     for name in names:
         namespace[f"set_{name}"] = cls.__dict__[name].__set__
         if name in defaults:
@@ -126,7 +129,7 @@ def _make_init(cls: type, names: tuple[str, ...], defaults: dict[str, Any], froz
             if isinstance(default, Factory):
                 namespace[f"make_{name}"] = default.make
                 params.append(f"{name}=NOT_GIVEN")
-                body.append(f"    set_{name}(self, make_{name}() if {name} is NOT_GIVEN else {name})")
+                body.append(assign(name, f"make_{name}() if {name} is NOT_GIVEN else {name}"))
                 continue
             if isinstance(default, (list, dict, set)):
                 raise TypeError(f"{cls.__name__}.{name}: a mutable default must be given as Factory({type(default).__name__})")
@@ -136,9 +139,7 @@ def _make_init(cls: type, names: tuple[str, ...], defaults: dict[str, Any], froz
             raise TypeError(f"{cls.__name__}: field {name!r} without a default follows {seen_default!r}, which has one")
         else:
             params.append(name)
-        body.append(f"    set_{name}(self, {name})")
-    if not frozen:
-        body = [re.sub(r"^    set_(\w+)\(self, (.*)\)$", r"    self.\1 = \2", line) for line in body]
+        body.append(assign(name, name))
     if hasattr(cls, "__post_init__"):
         body.append("    self.__post_init__()")
     source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or "    pass")
