@@ -122,7 +122,8 @@ def _make_init(cls: type, names: tuple[str, ...], defaults: dict[str, Any], froz
         return f"    set_{name}(self, {value})" if frozen else f"    self.{name} = {value}"
 
     for name in names:
-        namespace[f"set_{name}"] = cls.__dict__[name].__set__
+        if frozen:
+            namespace[f"set_{name}"] = cls.__dict__[name].__set__
         if name in defaults:
             seen_default = name
             default = defaults[name]

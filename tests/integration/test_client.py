@@ -167,16 +167,22 @@ def memory_pool(start_supervisor):
     taskpool.configure(spool="", store="")
 
 
-def test_submit_and_wait_returns_the_result_in_one_round_trip(memory_pool, monkeypatch):
-    sends: list[bytes] = []
+def count_writes(monkeypatch) -> list[int]:
+    """From now on, the size of every write a client Channel makes, in order."""
+    sizes: list[int] = []
     real_send = Channel.send_bytes
 
     def counted_send(self, data):
-        sends.append(bytes(data))
+        sizes.append(len(data))
         return real_send(self, data)
 
-    assert taskpool.submit_and_wait(sample_tasks.add, (1, 1)) == 2  # connected and greeted
     monkeypatch.setattr(Channel, "send_bytes", counted_send)
+    return sizes
+
+
+def test_submit_and_wait_returns_the_result_in_one_round_trip(memory_pool, monkeypatch):
+    assert taskpool.submit_and_wait(sample_tasks.add, (1, 1)) == 2  # connected and greeted
+    sends = count_writes(monkeypatch)
     assert taskpool.submit_and_wait(sample_tasks.add, (2, 3)) == 5
     assert len(sends) == 1  # the Submit and its wait went in one write
     assert taskpool.submit_and_wait(sample_tasks.add.name, [4], {"b": 1}, timeout=10) == 5  # by name, kwargs
@@ -212,9 +218,7 @@ def test_submit_and_wait_reports_a_refusal_the_supervisor_closed_after(start_sup
     sup = start_supervisor("--workers", "1", "--store", "memory", "--max-frame", "65536")
     taskpool.configure(spool=str(sup.spool), store="memory")
     try:
-        sends: list[int] = []
-        real_send = Channel.send_bytes
-        monkeypatch.setattr(Channel, "send_bytes", lambda self, data: (sends.append(len(data)), real_send(self, data))[1])
+        sends = count_writes(monkeypatch)
         with pytest.raises(taskpool.RemoteError, match="65536-byte limit"):  # not "lost the connection"
             taskpool.submit_and_wait(sample_tasks.echo, ("x" * 100_000,), timeout=10)
         assert sum(size > 65536 for size in sends) == 1  # refused and closed: not sent again
