@@ -427,8 +427,12 @@ def submit_many(calls: Iterable[tuple], client: Client | None = None, store: Sto
         if not durable:
             raise
         up, known = False, set()
-    # no reply needed when the supervisor accepted every name already: a refusal is recorded in the row
-    reply = not (up and durable and all(c[0] in known for c in checked))
+    # Durable: no reply needed when the supervisor accepted every name already (a refusal is recorded
+    # in the row). Memory: a batch asks for refusals only, then one barrier reply (Client.submit_quietly).
+    if durable:
+        reply = not (up and all(c[0] in known for c in checked))
+    else:
+        reply = len(checked) == 1  # one Submit: its Accepted is as cheap as a barrier's reply
     msgs = [_make_submit(c, durable, reply) for c in checked]
     data = client.encode(msgs)  # a frame too large fails here, before a row is written
     if durable:
@@ -444,10 +448,17 @@ def _notify(client: Client, msgs: list[Submit], up: bool, data: bytes) -> None:
         return
     try:
         if msgs and not msgs[0].reply:
-            client.send_only(data)
+            if msgs[0].stored:
+                client.send_only(data)
+                return
+            refusals = client.submit_quietly(msgs, data)
+            if refusals:
+                raise_error(refusals[0])
             return
         replies = client.exchange(msgs, data=data)
     except SupervisorUnavailable as exc:
+        if not msgs[0].stored:
+            raise  # memory store: nothing waits anywhere, the caller must know
         log.warning("%s; %d task(s) stored, to run when a supervisor starts", exc, len(msgs))
         return
     known = client.known_names()

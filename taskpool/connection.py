@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .config import client_spin
 from .errors import InvalidArguments, ProtocolError, RemoteError, SupervisorUnavailable, TaskNotFound, UnknownTask
@@ -31,6 +31,7 @@ from .protocol import (
 from .transport import Channel, Closed, connect
 
 DEFAULT_TIMEOUT = 10.0
+_BARRIER = encode(QueryMany([]))  # answered in order, after every request before it (submit_quietly)
 _ERRORS = {"unknown_task": UnknownTask, "not_found": TaskNotFound}
 
 
@@ -104,20 +105,45 @@ class Client:
 
     def exchange(self, msgs: Sequence[Message], wait: float = 0.0, data: bytes | None = None) -> list[Message]:
         """Send requests in one write and read one reply each (Error replies included).
-        ``data``: the requests already encoded by ``encode``.
-
-        A broken connection is tried once more, with everything sent again, only while no reply
-        has come: once one has, the supervisor acted on the requests (a refusal it closed after
-        is raised as such)."""
+        ``data``: the requests already encoded by ``encode``."""
         data = self.encode(msgs) if data is None else data
+
+        def read(channel: Channel, replies: list[Message]) -> None:
+            for _ in msgs:
+                replies.append(channel.recv())
+
+        return self._converse(data, wait, read)
+
+    def submit_quietly(self, msgs: Sequence[Message], data: bytes) -> list[Error]:
+        """Send ``Submit(reply=False)`` requests (``data``, encoded by ``encode``) and a barrier,
+        an empty ``QueryMany``: the supervisor answers only a refusal, and the barrier's empty
+        ``TaskInfos`` comes after every answer to the requests before it. Returns the refusals.
+        A batch then costs one reply frame, not one ``Accepted`` per task to encode and decode.
+        An older supervisor answers every ``Submit`` with ``Accepted``: those are skipped."""
+
+        def read(channel: Channel, replies: list[Message]) -> None:
+            for _ in range(len(msgs) + 1):
+                reply = channel.recv()
+                replies.append(reply)
+                if isinstance(reply, TaskInfos):
+                    return
+            raise ProtocolError("no reply to the barrier after a reply to every submit")
+
+        replies = self._converse(data + _BARRIER, 0.0, read)
+        return [r for r in replies if isinstance(r, Error)]
+
+    def _converse(self, data: bytes, wait: float, read: Callable[[Channel, list[Message]], None]) -> list[Message]:
+        """Write ``data`` and ``read`` the replies to it. A broken connection is tried once more,
+        with everything sent again, only while no reply has come: once one has, the supervisor
+        acted on the requests (a refusal it closed after is raised as such)."""
+        replies: list[Message] = []
         for attempt in (1, 2):
             channel = self._channel()
-            replies: list[Message] = []
+            replies = []
             try:
                 channel.settimeout(self.timeout + wait)
                 channel.send_bytes(data)
-                for _ in msgs:
-                    replies.append(channel.recv())
+                read(channel, replies)
                 break
             except TimeoutError:
                 self._forget()

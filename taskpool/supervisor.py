@@ -472,8 +472,11 @@ class Supervisor:
         """A greeted client's request; None when the reply comes later (a wait)."""
         if isinstance(msg, Submit):
             reply = self.scheduler.submit(msg, now)
-            silent = not msg.reply and msg.stored and self.scheduler.durable  # a stored row records any refusal
-            return None if silent else reply
+            if msg.reply:
+                return reply
+            if msg.stored and self.scheduler.durable:
+                return None  # the stored row records any refusal
+            return reply if isinstance(reply, Error) else None  # a refusal only (Client.submit_quietly)
         if isinstance(msg, Query):
             task = self.scheduler.ledger.get(msg.task_id)
             if task is None or task.is_final or msg.wait <= 0:

@@ -20,7 +20,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .errors import ConfigError, ProtocolError, SupervisorUnavailable
 from .protocol import Decoder, Message, encode
@@ -244,7 +244,7 @@ class Channel:
     for up to ``spin`` seconds, yielding the CPU between tries, before it sleeps: on a
     VM, waking a sleeping process costs 30-70 us, more than a task round trip's work."""
 
-    __slots__ = ("sock", "fd", "decoder", "timeout", "spin", "_inbox", "_eof", "_scratch")
+    __slots__ = ("sock", "fd", "decoder", "timeout", "spin", "divert", "_inbox", "_eof", "_scratch")
 
     def __init__(self, sock: socket.socket, max_frame: int, trusted: bool = False, spin: float = 0.0) -> None:
         self.sock = sock
@@ -256,6 +256,9 @@ class Channel:
         self._inbox: list[Message] = []
         self._eof = False
         self._scratch = bytearray(CHANNEL_READ_SIZE)
+        # Called with each message as it is decoded; one it returns True for is not queued (a
+        # worker takes Cancel frames aside the moment they arrive, without scanning its queue).
+        self.divert: Callable[[Message], bool] | None = None
 
     def _take(self) -> bool:
         """Read what has arrived without waiting; False when nothing had."""
@@ -265,8 +268,13 @@ class Channel:
             return False
         if n == 0:
             self._eof = True
-        else:
+        elif self.divert is None:
             self._inbox.extend(self.decoder.feed(memoryview(self._scratch)[:n]))
+        else:
+            divert, inbox = self.divert, self._inbox
+            for msg in self.decoder.feed(memoryview(self._scratch)[:n]):
+                if not divert(msg):
+                    inbox.append(msg)
         return True
 
     def _fill(self) -> None:

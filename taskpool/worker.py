@@ -246,18 +246,31 @@ def boot(channel: Channel, modules: tuple[str, ...], generation: int, wid: int, 
 _NOT_STARTED = {"type": "taskpool.errors.Cancelled", "message": "cancelled before it started", "traceback": ""}
 
 
-def _cancelled_before_start(channel: Channel, task_id: str, cancelled: set[str]) -> bool:
-    """Take in Cancel frames that arrived behind this Run: was it cancelled?"""
-    inbox = channel.pending()
-    if any(type(m) is Cancel for m in inbox):
-        cancelled.update(m.task_id for m in inbox if type(m) is Cancel)
-        inbox[:] = [m for m in inbox if type(m) is not Cancel]
-    if task_id in cancelled:
-        cancelled.discard(task_id)
-        return True
-    if len(cancelled) > 1000:  # ids of tasks that started before their Cancel came: forget them
-        cancelled.clear()
-    return False
+class _Cancels:
+    """Ids of tasks sent ahead that the supervisor cancelled before they started. The channel
+    hands each Cancel frame here as it is decoded (``Channel.divert``), so the check before a
+    task is a set lookup, not a scan of the frames queued behind it (up to ``--prefetch``)."""
+
+    __slots__ = ("ids",)
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+
+    def take(self, msg: object) -> bool:
+        if type(msg) is Cancel:
+            self.ids.add(msg.task_id)  # type: ignore[attr-defined]
+            return True
+        return False
+
+    def before_start(self, channel: Channel, task_id: str) -> bool:
+        """Was ``task_id`` cancelled? Takes in what has arrived first, without waiting."""
+        channel.pending()
+        if task_id in self.ids:
+            self.ids.discard(task_id)
+            return True
+        if len(self.ids) > 1000:  # ids of tasks that started before their Cancel came: forget them
+            self.ids.clear()
+        return False
 
 
 def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, wid: int) -> None:
@@ -267,7 +280,8 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
     would blame the wrong task."""
     idle_title = f"worker {wid} gen {generation} idle"
     titles.set_title(idle_title)
-    cancelled: set[str] = set()  # tasks sent ahead that the supervisor cancelled before they started
+    cancels = _Cancels()
+    channel.divert = cancels.take
     while True:
         try:
             msg = channel.recv()
@@ -275,12 +289,9 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
             return
         if _reopen_logs:
             _reopen_log_files()
-        if isinstance(msg, Cancel):
-            cancelled.add(msg.task_id)
-            continue
         if not isinstance(msg, Run):
             raise ProtocolError(f"worker got an unexpected {type(msg).__name__} frame")
-        if _cancelled_before_start(channel, msg.task_id, cancelled):
+        if cancels.before_start(channel, msg.task_id):
             channel.send(Done(msg.task_id, False, None, _NOT_STARTED, 0))
             continue
         titles.set_title(f"worker {wid} gen {generation} busy {msg.name}")

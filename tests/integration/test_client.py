@@ -11,8 +11,22 @@ from helpers import wait_until
 
 import taskpool
 from taskpool.client import Client, default_client
-from taskpool.protocol import StatsRequest
-from taskpool.transport import Channel
+from taskpool.protocol import (
+    DEFAULT_MAX_FRAME,
+    MAGIC,
+    PROTOCOL_VERSION,
+    Error,
+    Hello,
+    Query,
+    QueryMany,
+    StatsRequest,
+    Submit,
+    TaskInfo,
+    TaskInfos,
+    Welcome,
+    encode,
+)
+from taskpool.transport import Channel, connect
 
 
 @pytest.fixture
@@ -233,3 +247,76 @@ def test_submit_and_wait_takes_kwargs_as_a_dict_with_a_durable_store(configured)
     assert taskpool.submit_and_wait(sample_tasks.add, (1,), {"b": 2}, timeout=30) == 3
     with pytest.raises(taskpool.UnknownTask):  # a "task" key is an argument like any other
         taskpool.submit_and_wait("no.such.task", (), {"task": 1}, timeout=30)
+
+
+# -- submit_many with the memory store: refusals only, then one barrier reply -------------------
+
+
+def count_replies(monkeypatch) -> list[str]:
+    """From now on, the type name of every message a client Channel receives, in order."""
+    names: list[str] = []
+    real_recv = Channel.recv
+
+    def counted_recv(self):
+        msg = real_recv(self)
+        names.append(type(msg).__name__)
+        return msg
+
+    monkeypatch.setattr(Channel, "recv", counted_recv)
+    return names
+
+
+def test_a_memory_batch_is_answered_by_one_barrier_reply(memory_pool, monkeypatch):
+    assert taskpool.submit(sample_tasks.add, 0, 0).result(timeout=30) == 0  # connected and greeted
+    replies = count_replies(monkeypatch)
+    handles = taskpool.submit_many([(sample_tasks.add, (i, i)) for i in range(200)])
+    assert replies == ["TaskInfos"]  # no Accepted per task: the barrier's empty reply alone
+    assert [h.result(timeout=30) for h in handles] == [2 * i for i in range(200)]
+    replies.clear()
+    single = taskpool.submit(sample_tasks.add, 1, 2)  # one task: its own Accepted, no barrier
+    assert replies == ["Accepted"] and single.result(timeout=30) == 3
+
+
+def test_a_refusal_in_a_memory_batch_is_raised_and_the_rest_run(memory_pool, tmp_path):
+    log = tmp_path / "log"
+    calls = [(sample_tasks.record, (str(log), "a")), ("no.such.task", (1,)), (sample_tasks.record, (str(log), "b"))]
+    with pytest.raises(taskpool.UnknownTask, match="no.such.task"):
+        taskpool.submit_many(calls)
+    wait_until(lambda: memory_pool.stats()["counters"]["succeeded"] == 2, timeout=30, message="the two others ran")
+    assert sorted(log.read_text().split()) == ["a", "b"]
+    assert memory_pool.stats()["counters"]["submitted"] == 2  # the refused one never was a task
+    assert taskpool.submit(sample_tasks.add, 2, 2).result(timeout=30) == 4  # replies still line up
+
+
+def test_a_full_queue_refuses_the_rest_of_a_memory_batch(start_supervisor, tmp_path):
+    sup = start_supervisor("--workers", "1", "--store", "memory", "--max-ready", "3", "--prefetch", "0")
+    taskpool.configure(spool=str(sup.spool), store="memory")
+    try:
+        gate = tmp_path / "gate"
+        held = taskpool.submit(sample_tasks.wait_for_file, str(gate), 60)
+        wait_until(lambda: held.refresh().status == "RUNNING", timeout=30, message="the worker is held")
+        with pytest.raises(taskpool.RemoteError, match="max_ready") as refused:
+            taskpool.submit_many([(sample_tasks.add, (i, 1)) for i in range(5)])
+        assert refused.value.code == "queue_full"
+        assert sup.stats()["counters"]["submitted"] == 1 + 3  # the held task and the three that fit
+        gate.touch()
+        wait_until(lambda: sup.stats()["counters"]["succeeded"] == 4, timeout=30, message="all accepted ones ran")
+        assert taskpool.submit(sample_tasks.add, 5, 5).result(timeout=30) == 10
+    finally:
+        taskpool.configure(spool="", store="")
+
+
+def test_a_raw_unstored_submit_without_reply_is_answered_only_when_refused(memory_pool):
+    channel = Channel(connect(str(memory_pool.spool / "taskpool.sock"), 10.0), DEFAULT_MAX_FRAME)
+    try:
+        channel.send(Hello(MAGIC, PROTOCOL_VERSION))
+        assert isinstance(channel.recv(), Welcome)
+        ok = Submit("raw-ok", "sample_tasks.add", [1, 2], {}, reply=False)
+        bad = Submit("raw-bad", "no.such.task", [], {}, reply=False)
+        channel.send_bytes(encode(ok) + encode(bad) + encode(QueryMany([])) + encode(Query("raw-ok", 30.0)))
+        refusal, barrier, info = channel.recv(), channel.recv(), channel.recv()
+        assert isinstance(refusal, Error) and (refusal.code, refusal.task_id) == ("unknown_task", "raw-bad")
+        assert isinstance(barrier, TaskInfos) and barrier.infos == []
+        assert isinstance(info, TaskInfo) and (info.status, info.result) == ("SUCCESSFUL", 3)
+    finally:
+        channel.close()

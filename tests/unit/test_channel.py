@@ -224,3 +224,21 @@ def test_without_poll_the_channel_waits_in_select(pair, monkeypatch):
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     with pytest.raises(TimeoutError):
         channel.send_bytes(b"x" * (4 << 20))
+
+
+def test_divert_takes_messages_aside_as_they_are_decoded(pair):
+    ours, theirs = pair
+    channel = Channel(ours, 1 << 20)
+    taken: list[str] = []
+
+    def divert(msg) -> bool:
+        if msg.task_id.startswith("aside"):
+            taken.append(msg.task_id)
+            return True
+        return False
+
+    channel.divert = divert
+    theirs.sendall(b"".join(encode(Accepted(i)) for i in ("t0", "aside1", "t1", "aside2")))
+    assert channel.recv().task_id == "t0"
+    assert taken == ["aside1", "aside2"]  # all of the read was decoded: both taken aside at once
+    assert channel.recv().task_id == "t1" and channel.buffered() == 0

@@ -42,6 +42,18 @@ class FakeClient(Client):
         self.exchanged.append(list(msgs))
         return [None for _ in msgs]  # an Accepted each, as far as _notify cares
 
+    def submit_quietly(self, msgs, data):  # type: ignore[override]
+        self.quiet.append(list(msgs))
+        if self.unavailable:
+            raise SupervisorUnavailable("lost the connection (as if the supervisor died)")
+        return []
+
+
+def quiet_client(path: str, unavailable: bool = False) -> FakeClient:
+    client = FakeClient(path, set())
+    client.quiet, client.unavailable = [], unavailable
+    return client
+
 
 @pytest.fixture
 def store(tmp_path):
@@ -109,6 +121,20 @@ def test_with_the_supervisor_down_the_row_waits(tmp_path, store, caplog):
         handle = submit_many([(known_task, (1,))], client=client, store=store)[0]
     assert store.fetch(handle.id).status == "READY"
     assert "no supervisor" in caplog.text
+
+
+def test_a_memory_batch_asks_for_refusals_only_and_one_task_for_its_reply(tmp_path):
+    client, memory = quiet_client(str(tmp_path / "none.sock")), open_store("memory", "")
+    submit_many([(known_task, (1,)), (known_task, (2,))], client=client, store=memory)
+    assert [[(m.reply, m.stored) for m in batch] for batch in client.quiet] == [[(False, False), (False, False)]]
+    submit_many([(known_task, (3,))], client=client, store=memory)
+    assert [[m.reply for m in batch] for batch in client.exchanged] == [[True]]
+
+
+def test_a_memory_batch_that_lost_the_supervisor_raises(tmp_path):
+    client = quiet_client(str(tmp_path / "none.sock"), unavailable=True)
+    with pytest.raises(SupervisorUnavailable):  # nothing was stored: the caller must know
+        submit_many([(known_task, (1,)), (known_task, (2,))], client=client, store=open_store("memory", ""))
 
 
 def test_the_memory_store_needs_the_supervisor(tmp_path):
