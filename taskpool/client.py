@@ -417,6 +417,8 @@ def submit_many(calls: Iterable[tuple], client: Client | None = None, store: Sto
     client = client or default_client()
     durable = store.durable
     checked = [_check_call(c[0], c[1], c[2] if len(c) > 2 else {}) for c in calls]
+    if not checked:
+        return []
     if immediate_mode():
         return _run_inline([_make_submit(c, durable) for c in checked], client, store)
     try:

@@ -3,7 +3,10 @@
 Each thread keeps its own connection (no lock held across a long ``result()``
 wait), made again after a fork (a child never reuses its parent's socket) and
 once after a broken connection. Every request is idempotent (task ids are made
-by the client, so a re-sent Submit is recognised), which makes that retry safe.
+by the client, so a re-sent Submit is recognised while the supervisor still holds
+it), which makes that retry safe while no reply has come. A quiet batch
+(``submit_quietly``) gets no reply until its end, so it is never sent twice: it
+goes only on a connection found clean just before, and a break after that raises.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from .protocol import (
     DEFAULT_MAX_FRAME,
     MAGIC,
     PROTOCOL_VERSION,
+    Accepted,
     Error,
     Hello,
     Message,
@@ -121,21 +125,29 @@ class Client:
         A batch then costs one reply frame, not one ``Accepted`` per task to encode and decode.
         An older supervisor answers every ``Submit`` with ``Accepted``: those are skipped."""
 
+        ids = {m.task_id for m in msgs}  # type: ignore[attr-defined]
+
         def read(channel: Channel, replies: list[Message]) -> None:
             for _ in range(len(msgs) + 1):
                 reply = channel.recv()
                 replies.append(reply)
-                if isinstance(reply, TaskInfos):
+                if isinstance(reply, TaskInfos) and not reply.infos:
                     return
+                if not (isinstance(reply, Error) or (isinstance(reply, Accepted) and reply.task_id in ids)):
+                    raise ProtocolError(f"unexpected {type(reply).__name__} while waiting for a batch's barrier")
             raise ProtocolError("no reply to the barrier after a reply to every submit")
 
-        replies = self._converse(data + _BARRIER, 0.0, read)
+        if not self._channel().quiet():  # the supervisor went away, or an interrupted call left replies
+            self._forget()
+        replies = self._converse(data + _BARRIER, 0.0, read, resend=False)
         return [r for r in replies if isinstance(r, Error)]
 
-    def _converse(self, data: bytes, wait: float, read: Callable[[Channel, list[Message]], None]) -> list[Message]:
+    def _converse(self, data: bytes, wait: float, read: Callable[[Channel, list[Message]], None],
+                  resend: bool = True) -> list[Message]:
         """Write ``data`` and ``read`` the replies to it. A broken connection is tried once more,
-        with everything sent again, only while no reply has come: once one has, the supervisor
-        acted on the requests (a refusal it closed after is raised as such)."""
+        with everything sent again, only while no reply has come (and never with ``resend``
+        false): once one has, the supervisor acted on the requests (a refusal it closed after is
+        raised as such)."""
         replies: list[Message] = []
         for attempt in (1, 2):
             channel = self._channel()
@@ -157,7 +169,7 @@ class Client:
                 refused = next((r for r in replies if isinstance(r, Error)), None)
                 if refused is not None:
                     raise_error(refused)
-                if attempt == 2 or replies:
+                if attempt == 2 or replies or not resend:
                     raise SupervisorUnavailable(f"lost the connection to the supervisor at {self.path}: {exc}") from None
         if any(isinstance(r, Error) and r.code in ("bad_frame", "bad_version", "forbidden") for r in replies):
             self._forget()  # the supervisor closes the connection after these

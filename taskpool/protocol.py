@@ -126,7 +126,7 @@ class Submit(Message):
     timeout: float | None = None
     queue: str | None = None
     stored: bool = False  # the client already wrote the READY row to the store
-    reply: bool = True  # False (stored only): answer nothing; a refusal is recorded in the row
+    reply: bool = True  # False: no Accepted; a refusal goes in the stored row (durable store), else is answered
 
     def without_reply(self) -> Submit:
         return Submit(self.task_id, self.name, self.args, self.kwargs, self.priority, self.run_after,

@@ -305,6 +305,19 @@ class Channel:
         """Messages received and not yet taken, without reading the socket."""
         return len(self._inbox)
 
+    def quiet(self) -> bool:
+        """Nothing unread, in this channel or in the socket, and the peer has not closed: the
+        state after every request was answered. Judged without waiting or consuming data."""
+        if self._eof or self._inbox or self.decoder.pending:
+            return False
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        return False  # b"": the peer closed; data: a reply nobody read
+
     def send(self, msg: Message) -> None:
         self.send_bytes(encode(msg))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import threading
 
 import pytest
@@ -15,6 +17,7 @@ from taskpool.protocol import (
     DEFAULT_MAX_FRAME,
     MAGIC,
     PROTOCOL_VERSION,
+    Decoder,
     Error,
     Hello,
     Query,
@@ -26,6 +29,7 @@ from taskpool.protocol import (
     Welcome,
     encode,
 )
+from taskpool.stores import open_store
 from taskpool.transport import Channel, connect
 
 
@@ -320,3 +324,95 @@ def test_a_raw_unstored_submit_without_reply_is_answered_only_when_refused(memor
         assert isinstance(info, TaskInfo) and (info.status, info.result) == ("SUCCESSFUL", 3)
     finally:
         channel.close()
+
+
+class OneShotSupervisor:
+    """A listener that greets like a memory-store supervisor, reads every frame a client sends
+    until it closes or the connection is closed here, and records them per connection. With
+    ``die_after_barrier`` it closes the first connection once the barrier arrives, unanswered,
+    as a supervisor that handled a batch and died would."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen()
+        self.listener.settimeout(10)
+        self.received: list[list] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            frames: list = []
+            self.received.append(frames)
+            decoder = Decoder(DEFAULT_MAX_FRAME)
+            with conn:
+                conn.settimeout(10)
+                while not any(isinstance(m, QueryMany) for m in frames):
+                    try:
+                        data = conn.recv(1 << 16)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    for msg in decoder.feed(data):
+                        if isinstance(msg, Hello):
+                            conn.sendall(encode(Welcome(PROTOCOL_VERSION, os.getpid(), "memory", "")))
+                        else:
+                            frames.append(msg)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(10)
+
+
+def test_a_quiet_batch_is_never_sent_twice(tmp_path):
+    """Silence from the supervisor no longer means it did nothing: a batch it handled before it
+    died must not run again on the next connection (nor be reported submitted)."""
+    fake = OneShotSupervisor(str(tmp_path / "s.sock"))
+    try:
+        client = Client(fake.path, timeout=5)
+        with pytest.raises(taskpool.SupervisorUnavailable, match="lost the connection"):
+            taskpool.submit_many([(sample_tasks.add, (i, i)) for i in range(50)], client=client,
+                                 store=open_store("memory", ""))
+        submits = [[m for m in frames if isinstance(m, Submit)] for frames in fake.received]
+        assert [len(s) for s in submits] == [50]  # one connection, the batch once
+    finally:
+        fake.close()
+
+
+def test_a_quiet_batch_goes_on_a_fresh_connection_after_a_restart(start_supervisor, tmp_path):
+    sup = start_supervisor("--workers", "1", "--store", "memory")
+    client = Client(str(sup.socket))
+    store = open_store("memory", "")
+    assert [h.result(timeout=30) for h in taskpool.submit_many([(sample_tasks.add, (1, 1))] * 2, client=client,
+                                                                store=store)] == [2, 2]
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit() == 0
+    again = start_supervisor("--workers", "1", "--store", "memory", spool=sup.spool)
+    handles = taskpool.submit_many([(sample_tasks.add, (2, 2))] * 2, client=client, store=store)
+    assert [h.result(timeout=30) for h in handles] == [4, 4]
+    assert again.stats()["counters"]["submitted"] == 2
+
+
+def test_a_quiet_batch_is_not_answered_by_a_reply_left_unread(memory_pool):
+    client = Client(str(memory_pool.spool / "taskpool.sock"))
+    store = open_store("memory", "")
+    done = taskpool.submit_many([(sample_tasks.add, (1, 1))], client=client, store=store)[0]
+    assert done.result(timeout=30) == 2
+    channel = client._channel()
+    channel.send(QueryMany([done.id]))  # as an exchange interrupted before its reply was read
+    wait_until(lambda: not channel.quiet(), timeout=10, message="the reply waits unread")
+    with pytest.raises(taskpool.UnknownTask):  # this batch's own refusal, not the old TaskInfos as its barrier
+        taskpool.submit_many([(sample_tasks.add, (3, 3)), ("no.such.task", ())], client=client, store=store)
+    wait_until(lambda: memory_pool.stats()["counters"]["succeeded"] == 2, timeout=30, message="the 3 + 3 ran")
+
+
+def test_submit_many_of_nothing_returns_nothing_even_with_the_supervisor_gone(tmp_path):
+    for store in (open_store("memory", ""), open_store("sqlite", str(tmp_path / "spool"))):
+        assert taskpool.submit_many([], client=Client(str(tmp_path / "nobody.sock")), store=store) == []

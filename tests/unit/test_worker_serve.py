@@ -47,7 +47,7 @@ def test_a_task_cancelled_behind_a_long_queue_is_skipped(cancel_at):
     assert ran == [i for i in range(100) if i != cancel_at]  # it never ran; the others did, in order
 
 
-def test_a_cancel_for_a_task_already_done_changes_nothing():
+def test_a_cancel_of_an_id_not_queued_changes_nothing():
     ran.clear()
     frames = encode(Run("a", "unit_worker.note", [1], {}, 1)) + encode(Cancel("zz")) + encode(
         Run("b", "unit_worker.note", [2], {}, 1))
