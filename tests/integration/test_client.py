@@ -15,7 +15,6 @@ import taskpool
 from taskpool.client import Client, default_client
 from taskpool.protocol import (
     DEFAULT_MAX_FRAME,
-    MAGIC,
     PROTOCOL_VERSION,
     Decoder,
     Error,
@@ -30,7 +29,7 @@ from taskpool.protocol import (
     encode,
 )
 from taskpool.stores import open_store
-from taskpool.transport import Channel, connect
+from taskpool.transport import Channel
 
 
 @pytest.fixture
@@ -310,20 +309,16 @@ def test_a_full_queue_refuses_the_rest_of_a_memory_batch(start_supervisor, tmp_p
         taskpool.configure(spool="", store="")
 
 
-def test_a_raw_unstored_submit_without_reply_is_answered_only_when_refused(memory_pool):
-    channel = Channel(connect(str(memory_pool.spool / "taskpool.sock"), 10.0), DEFAULT_MAX_FRAME)
-    try:
-        channel.send(Hello(MAGIC, PROTOCOL_VERSION))
-        assert isinstance(channel.recv(), Welcome)
-        ok = Submit("raw-ok", "sample_tasks.add", [1, 2], {}, reply=False)
-        bad = Submit("raw-bad", "no.such.task", [], {}, reply=False)
-        channel.send_bytes(encode(ok) + encode(bad) + encode(QueryMany([])) + encode(Query("raw-ok", 30.0)))
-        refusal, barrier, info = channel.recv(), channel.recv(), channel.recv()
-        assert isinstance(refusal, Error) and (refusal.code, refusal.task_id) == ("unknown_task", "raw-bad")
-        assert isinstance(barrier, TaskInfos) and barrier.infos == []
-        assert isinstance(info, TaskInfo) and (info.status, info.result) == ("SUCCESSFUL", 3)
-    finally:
-        channel.close()
+def test_a_raw_unstored_submit_without_reply_is_answered_only_when_refused(memory_pool, raw):
+    conn = raw(str(memory_pool.spool / "taskpool.sock"))
+    conn.hello()
+    ok = Submit("raw-ok", "sample_tasks.add", [1, 2], {}, reply=False)
+    bad = Submit("raw-bad", "no.such.task", [], {}, reply=False)
+    conn.send(ok, bad, QueryMany([]), Query("raw-ok", 30.0))
+    refusal, barrier, info = conn.recv(), conn.recv(), conn.recv()
+    assert isinstance(refusal, Error) and (refusal.code, refusal.task_id) == ("unknown_task", "raw-bad")
+    assert isinstance(barrier, TaskInfos) and barrier.infos == []
+    assert isinstance(info, TaskInfo) and (info.status, info.result) == ("SUCCESSFUL", 3)
 
 
 class OneShotSupervisor:
