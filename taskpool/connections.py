@@ -282,24 +282,28 @@ class ConnectionHub:
     def flush(self, conn: FramedConnection) -> None:
         if conn.closed:
             return
-        client = self.clients.get(conn.fd)
-        if client is not None and client.conn is not conn:
-            client = None
         try:
             done = conn.flush()
         except Closed:
-            if client is not None:
+            self._drop_owner(conn)
+            return
+        if done:
+            client = self.clients.get(conn.fd)
+            if client is not None and client.closing and client.conn is conn:
                 self.drop(client)
-            return
-        if done and client is not None and client.closing:
+                return
+        if done == conn.watching_write:  # the selector is told only of a change, not once a write
+            key = self.selector.get_map().get(conn.fd)
+            if key is None:
+                return
+            conn.watching_write = not done
+            self.selector.modify(conn.sock, selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE), key.data)
+
+    def _drop_owner(self, conn: FramedConnection) -> None:
+        """The client whose connection ``conn`` is, if it is one's, dropped."""
+        client = self.clients.get(conn.fd)
+        if client is not None and client.conn is conn:
             self.drop(client)
-            return
-        key = self.selector.get_map().get(conn.fd)
-        if key is None:
-            return
-        wanted = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
-        if key.events != wanted:
-            self.selector.modify(conn.sock, wanted, key.data)
 
     def unregister(self, conn: FramedConnection) -> None:
         try:

@@ -6,8 +6,8 @@ number to a list; the loop dispatches ``handle_<name>`` methods. One pass of the
 loop is ``tick(events, now)``, a handful of named steps that tests may call with a
 chosen clock::
 
-    read events -> handle signals -> reap children -> timers -> manage workers
-        -> dispatch -> flush output
+    read events -> dispatch -> flush output -> handle signals -> reap children
+        -> timers -> manage workers -> sync the store -> dispatch -> flush output
 
 Data flow of a task: client ``Submit`` -> ledger.accept -> ready queue (or delay
 heap) -> ``Run`` to an idle worker -> ``Progress``* / ``Done`` from the worker ->
@@ -219,16 +219,23 @@ class Supervisor:
         self.hub.resume(now)  # one more pass's worth of the requests left waiting by the last one
         for key, mask in events:
             key.data(key, mask, now)
+        self.send_work(now)  # the frames the events called for go out before the housekeeping
         self.handle_signals(now)
         self.reap_children(now)
         self.check_timers(now)
         self.manage_workers(now)
         self.sync_store(now)
+        self.send_work(now)  # and those it called for (a timer's waiter, a delayed task now due)
+        if self.phase == "stopping" and not self.workers:
+            self._finish_stop(now)
+
+    def send_work(self, now: float) -> None:
+        """Dispatch ready tasks and write every queued frame. Called right after the events, so
+        a worker's ``Run`` and a waiting client's reply are on their way while the rest of the
+        pass runs: a round trip no longer waits for the timers and the worker checks."""
         if self.phase == "running":
             self.dispatcher.dispatch(now)
         self.hub.flush_output()
-        if self.phase == "stopping" and not self.workers:
-            self._finish_stop(now)
 
     def next_timeout(self, now: float) -> float:
         if self.hub.backlogged:

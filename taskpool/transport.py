@@ -150,7 +150,7 @@ def _loop_scratch() -> bytearray:
 class FramedConnection:
     """Non-blocking framed socket owned by the supervisor's loop."""
 
-    __slots__ = ("sock", "fd", "decoder", "outbox", "max_outbox", "peer", "closed")
+    __slots__ = ("sock", "fd", "decoder", "outbox", "max_outbox", "peer", "closed", "watching_write")
 
     def __init__(self, sock: socket.socket, max_frame: int, max_outbox: int) -> None:
         sock.setblocking(False)
@@ -161,6 +161,7 @@ class FramedConnection:
         self.max_outbox = max_outbox
         self.peer: tuple[int, int, int] | None = None
         self.closed = False
+        self.watching_write = False  # the loop's selector also waits for room to write (ConnectionHub.flush)
 
     def read(self) -> Iterator[Message]:
         """Messages from what the socket has now. Raises Closed or ProtocolError."""
