@@ -245,7 +245,7 @@ class Channel:
     for up to ``spin`` seconds, yielding the CPU between tries, before it sleeps: on a
     VM, waking a sleeping process costs 30-70 us, more than a task round trip's work."""
 
-    __slots__ = ("sock", "fd", "decoder", "timeout", "spin", "divert", "_inbox", "_eof", "_scratch")
+    __slots__ = ("sock", "fd", "decoder", "timeout", "spin", "divert", "before_sleep", "_inbox", "_eof", "_scratch")
 
     def __init__(self, sock: socket.socket, max_frame: int, trusted: bool = False, spin: float = 0.0) -> None:
         self.sock = sock
@@ -260,6 +260,9 @@ class Channel:
         # Called with each message as it is decoded; one it returns True for is not queued (a
         # worker takes Cancel frames aside the moment they arrive, without scanning its queue).
         self.divert: Callable[[Message], bool] | None = None
+        # Called when a read found nothing in its spin and is about to sleep (a worker shows
+        # itself idle then, not after every task: a title costs a few hundred ns each way).
+        self.before_sleep: Callable[[], None] | None = None
 
     def _take(self) -> bool:
         """Read what has arrived without waiting; False when nothing had."""
@@ -291,6 +294,8 @@ class Channel:
                 os.sched_yield()  # let the process we wait on have this core
                 if self._take():
                     return
+        if self.before_sleep is not None:
+            self.before_sleep()
         if not _wait_for(self.fd, False, deadline):
             raise TimeoutError("timed out")
         self._take()

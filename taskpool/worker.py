@@ -262,9 +262,13 @@ class _Cancels:
             return True
         return False
 
-    def before_start(self, channel: Channel, task_id: str) -> bool:
-        """Was ``task_id`` cancelled? Takes in what has arrived first, without waiting."""
-        channel.pending()
+    def before_start(self, channel: Channel, task_id: str, fresh: bool) -> bool:
+        """Was ``task_id`` cancelled? A task that waited behind another (``fresh`` false: it
+        was sent ahead) first takes in what has arrived meanwhile, without waiting. One read
+        just now needs no second read: a Cancel that comes after it is the supervisor's to
+        handle, as for any task that has started (docs/architecture.md, prefetch)."""
+        if not fresh:
+            channel.pending()
         if task_id in self.ids:
             self.ids.discard(task_id)
             return True
@@ -278,11 +282,13 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
     its task ends: a Done held back to share a write with the next one (tried, and measured
     no faster) would be lost with the worker if the next task killed it, and the supervisor
     would blame the wrong task."""
-    idle_title = f"worker {wid} gen {generation} idle"
-    titles.set_title(idle_title)
+    title = _Title(f"worker {wid} gen {generation}")
+    title.idle()
     cancels = _Cancels()
     channel.divert = cancels.take
+    channel.before_sleep = title.idle
     while True:
+        fresh = not channel.buffered()  # the next Run comes from a read now, not from the queue
         try:
             msg = channel.recv()
         except (Closed, ConnectionError):
@@ -291,16 +297,43 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
             _reopen_log_files()
         if not isinstance(msg, Run):
             raise ProtocolError(f"worker got an unexpected {type(msg).__name__} frame")
-        if cancels.before_start(channel, msg.task_id):
+        if cancels.before_start(channel, msg.task_id, fresh):
             channel.send(Done(msg.task_id, False, None, _NOT_STARTED, 0))
             continue
-        titles.set_title(f"worker {wid} gen {generation} busy {msg.name}")
+        title.busy(msg.name)
         _run_boundary_hooks()
         frame = run_one(channel, msg, max_frame, measure_rss)
         _run_boundary_hooks()
         channel.send_bytes(frame)
-        if not channel.buffered():
-            titles.set_title(idle_title)
+
+
+class _Title:
+    """The worker's process title: ``... busy <task>`` while it works, ``... idle`` once it
+    waits. Set only when it changes, and shown idle only when the worker is about to sleep
+    (``Channel.before_sleep``): a worker given its next task within its spin stays "busy"."""
+
+    __slots__ = ("prefix", "shown", "_busy")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.shown = ""
+        self._busy: dict[str, str] = {}  # task name -> "busy <name>" (registered names: bounded)
+
+    def idle(self) -> None:
+        self._show("idle")
+
+    def busy(self, task_name: str) -> None:
+        text = self._busy.get(task_name)
+        if text is None:
+            text = f"busy {task_name}"
+            if len(self._busy) < 1000:
+                self._busy[task_name] = text
+        self._show(text)
+
+    def _show(self, state: str) -> None:
+        if state != self.shown:
+            self.shown = state
+            titles.set_title(f"{self.prefix} {state}")
 
 
 def worker_main(
