@@ -160,6 +160,8 @@ class ConnectionHub:
 
     def resume(self, now: float) -> None:
         """Handle the next requests of clients that had more than one pass's worth."""
+        if not self.backlogged:
+            return
         for client in list(self.backlogged):
             if client.closed or client.closing:
                 self.backlogged.discard(client)

@@ -59,6 +59,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskpool.supervisor")
 
+# Timers, worker checks and the store sync run in a pass without events (its wait ended at a
+# timeout), after a signal, and otherwise at most this often: a round trip's passes come tens
+# of microseconds apart, and every microsecond of a pass delays the frames that arrive during
+# it (docs/performance.md, W2). A timer is at most this late while frames keep coming.
+HOUSEKEEPING_INTERVAL = 0.001
 REAP_INTERVAL = 1.0  # children are reaped on SIGCHLD; this often anyway, should a signal be missed
 
 MAX_WAIT = 3600.0
@@ -98,6 +103,7 @@ class Supervisor:
         self.next_sweep_at = 0.0
         self.drain_deadline: float | None = None
         self.pending_signals: list[int] = []
+        self.next_housekeeping_at = 0.0
         self.next_reap_at = 0.0  # a waitpid() every loop pass was a syscall per pass for nothing
         self.sampler = ProcessSampler()
         self.phase = "starting"
@@ -153,19 +159,19 @@ class Supervisor:
     def wait_for_events(self, busy: bool) -> list:
         """The next events. After a pass that had some, poll for ``spin`` seconds (yielding the
         CPU between polls) before sleeping: the next frame of a conversation usually comes
-        within tens of microseconds, sooner than a sleeping process can be woken."""
-        timeout = self.next_timeout(time.monotonic())
+        within tens of microseconds, sooner than a sleeping process can be woken. The timeout
+        is worked out only before sleeping: a timer due during the spin waits for its end (at
+        most ``MAX_SPIN``), and a frame that comes during the spin is not kept waiting for it."""
         spin = self.config.spin
-        if busy and spin > 0 and timeout != 0:
+        if busy and spin > 0 and not self.hub.backlogged:
             select = self.selector.select
-            deadline = time.perf_counter() + min(spin, timeout)  # a timer due sooner ends the spin
+            deadline = time.perf_counter() + spin
             while time.perf_counter() < deadline:
                 events = select(0)
                 if events:
                     return events
                 os.sched_yield()
-            timeout = self.next_timeout(time.monotonic())
-        return self.selector.select(timeout)
+        return self.selector.select(self.next_timeout(time.monotonic()))
 
     @contextmanager
     def installed_signals(self) -> Iterator[None]:
@@ -220,12 +226,14 @@ class Supervisor:
         for key, mask in events:
             key.data(key, mask, now)
         self.send_work(now)  # the frames the events called for go out before the housekeeping
-        self.handle_signals(now)
+        signalled = self.handle_signals(now)
         self.reap_children(now)
-        self.check_timers(now)
-        self.manage_workers(now)
-        self.sync_store(now)
-        self.send_work(now)  # and those it called for (a timer's waiter, a delayed task now due)
+        if not events or signalled or now >= self.next_housekeeping_at:
+            self.next_housekeeping_at = now + HOUSEKEEPING_INTERVAL
+            self.check_timers(now)
+            self.manage_workers(now)
+            self.sync_store(now)
+            self.send_work(now)  # and what they called for (a timer's waiter, a delayed task now due)
         if self.phase == "stopping" and not self.workers:
             self._finish_stop(now)
 
@@ -270,11 +278,15 @@ class Supervisor:
         except (BlockingIOError, InterruptedError):
             pass
 
-    def handle_signals(self, now: float) -> None:
+    def handle_signals(self, now: float) -> bool:
+        """Handle the signals recorded since the last pass; True if there were any."""
+        if not self.pending_signals:
+            return False
         while self.pending_signals:
             signum = self.pending_signals.pop(0)
             name = signal.Signals(signum).name[3:].lower()
             getattr(self, f"handle_{name}")(now)
+        return True
 
     def handle_chld(self, now: float) -> None:
         self.next_reap_at = now  # reap_children runs in this pass

@@ -460,3 +460,48 @@ def test_a_boot_error_written_just_before_the_worker_died_gives_the_reason(sup):
     far.close()
     with pytest.raises(SupervisorExit, match="SyntaxError: bad"):
         sup._on_child_exit(worker.pid, 3 << 8, NOW)
+
+
+def _wakeup_events(sup: Supervisor) -> list:
+    """Real events for a pass: a byte on the supervisor's own wakeup socket."""
+    sup._wake_w.send(b"x")
+    events = sup.selector.select(5)
+    assert events, "the wakeup socket did not become readable"
+    return events
+
+
+def test_timers_run_at_most_every_housekeeping_interval_while_events_come(sup):
+    """A pass with events skips the timers when the last housekeeping was under
+    HOUSEKEEPING_INTERVAL ago; a pass without events (a wait that timed out) never does."""
+    from taskpool.supervisor import HOUSEKEEPING_INTERVAL
+
+    submit(sup, "later", run_after=time.time() + 30)
+    due = sup.scheduler.delayed.next_due()
+    sup.tick([], due - HOUSEKEEPING_INTERVAL / 2)  # housekeeping ran just before it was due
+    assert "later" not in sup.scheduler.ready
+
+    sup.tick(_wakeup_events(sup), due)  # due now, but events keep coming within the interval
+    assert "later" not in sup.scheduler.ready
+
+    sup.tick(_wakeup_events(sup), due - HOUSEKEEPING_INTERVAL / 2 + HOUSEKEEPING_INTERVAL)
+    assert "later" in sup.scheduler.ready  # at most one interval late
+
+
+def test_a_pass_without_events_always_runs_the_timers(sup):
+    submit(sup, "later", run_after=time.time() + 30)
+    due = sup.scheduler.delayed.next_due()
+    sup.tick(_wakeup_events(sup), due - 0.0001)
+    sup.tick([], due)  # within the interval of the last pass, but the wait timed out
+    assert "later" in sup.scheduler.ready
+
+
+def test_a_signal_runs_the_housekeeping_in_its_pass(sup):
+    import signal
+
+    submit(sup, "later", run_after=time.time() + 30)
+    due = sup.scheduler.delayed.next_due()
+    sup.tick([], due - 0.0001)
+    sup.pending_signals.append(signal.SIGUSR1)  # what the handler records (USR1: reopen logs)
+    sup.tick(_wakeup_events(sup), due)
+    assert not sup.pending_signals
+    assert "later" in sup.scheduler.ready
