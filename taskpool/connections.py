@@ -241,10 +241,14 @@ class ConnectionHub:
         heapq.heappush(self.deadlines, (deadline, next(self._seq), waiter))
 
     def finished(self, task_id: str, info: TaskInfo) -> None:
+        """Answer the clients waiting for ``task_id``, written at once: the rest of the loop
+        pass (the worker's bookkeeping, its next task) would only delay them."""
         for waiter in self.waiters.pop(task_id, ()):
             if not waiter.done:
                 waiter.done = True
                 self.reply(waiter.client, info)
+                if not waiter.client.closed:
+                    self.flush(waiter.client.conn)
 
     def expire(self, now: float, info_of: Callable[[str], Message]) -> None:
         while self.deadlines and self.deadlines[0][0] <= now:

@@ -81,12 +81,12 @@ class WorkerEvents:
     def _on_done(self, worker: WorkerProc, msg: Done, now: float) -> None:
         if worker.task_id != msg.task_id:
             return  # a task we already gave up on (cancelled)
+        self.scheduler.done(msg.task_id, msg, now)  # first: a client waiting for it is answered at once
         worker.task_id = None
         worker.deadline = None
         worker.tasks_done += 1
         worker.state = WorkerState.IDLE
         self.dispatcher.note_duration(worker.running_name, max(0.0, now - worker.running_since))
-        self.scheduler.done(msg.task_id, msg, now)
         if worker.queued:
             self.dispatcher.next_queued(worker, now)
         if self._should_retire(worker, msg.rss):
