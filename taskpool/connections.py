@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable, Iterator
 
 from .errors import ProtocolError
-from .protocol import MAGIC, PROTOCOL_VERSION, Error, Hello, Message, TaskInfo, Welcome, encode
+from .protocol import MAGIC, PROTOCOL_VERSION, Error, Hello, Message, Welcome, encode
 from .records import record
 from .transport import Closed, FramedConnection, peer_credentials
 
@@ -240,13 +240,14 @@ class ConnectionHub:
         self.waiters.setdefault(task_id, []).append(waiter)
         heapq.heappush(self.deadlines, (deadline, next(self._seq), waiter))
 
-    def finished(self, task_id: str, info: TaskInfo) -> None:
-        """Answer the clients waiting for ``task_id``, written at once: the rest of the loop
-        pass (the worker's bookkeeping, its next task) would only delay them."""
+    def finished(self, task_id: str, info_frame: bytes) -> None:
+        """Answer the clients waiting for ``task_id`` (``info_frame``: its encoded TaskInfo),
+        written at once: the rest of the loop pass (the worker's bookkeeping, its next task)
+        would only delay them."""
         for waiter in self.waiters.pop(task_id, ()):
             if not waiter.done:
                 waiter.done = True
-                self.reply(waiter.client, info)
+                self.reply_frame(waiter.client, info_frame)
                 if not waiter.client.closed:
                     self.flush(waiter.client.conn)
 

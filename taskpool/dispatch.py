@@ -18,7 +18,7 @@ from .config import Config
 from .errors import ProtocolError
 from .ledger import TaskState
 from .pool import WorkerPool
-from .protocol import READY, Message, Run
+from .protocol import READY, Message, Run, encode, encode_fields
 from .scheduler import Scheduler
 from .transport import Closed, FramedConnection
 
@@ -104,15 +104,18 @@ class Dispatcher:
         worker.running_name, worker.running_since = task.name, now
 
     def _send_run(self, worker: WorkerProc, task: TaskState, attempt: int) -> bool:
-        return self.send(worker, Run(task.task_id, task.name, task.args, task.kwargs, attempt))
+        return self._send_frame(worker, encode_fields(Run, task.task_id, task.name, task.args, task.kwargs, attempt))
 
     def send(self, worker: WorkerProc, msg: Message) -> bool:
         """Queue a frame for a worker (written at the end of the loop pass); a worker that
         is gone or does not read is killed, its tasks dealt with when it is reaped."""
+        return self._send_frame(worker, encode(msg))
+
+    def _send_frame(self, worker: WorkerProc, frame: bytes) -> bool:
         if worker.conn is None:
             return False
         try:
-            worker.conn.send(msg)
+            worker.conn.send_bytes(frame)
         except (Closed, ProtocolError):
             self.workers.kill(worker)
             return False

@@ -325,6 +325,18 @@ def encode(msg: Message) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
+def encode_fields(cls: type[Message], *values: Any) -> bytes:
+    """The frame of ``cls(*values)`` without making the message: for the supervisor's hot path
+    (``Run``, ``TaskInfo``), whose values come from its own checked records."""
+    try:
+        payload = _packer().pack([cls.type_code, *values])
+        if len(payload) > PACKER_KEEP:
+            del _packers.packer
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise InvalidArguments(f"cannot encode {cls.__name__}: {exc}") from None
+    return HEADER.pack(len(payload)) + payload
+
+
 def encode_chunks(make: Callable[[list], Message], items: list, limit: int) -> list[tuple[list, bytes]]:
     """(items, frame) pairs: ``items`` split over as many messages as keep each frame
     under ``limit``. For the supervisor-recorder channel, where a batch of rows can

@@ -84,6 +84,15 @@ class Scheduler:
         return problem
 
     def _check(self, msg: Submit) -> Error | None:
+        """Why ``msg`` cannot be accepted, or None. Plain tests first: this runs for every submit."""
+        if (self.accepting and 0 < len(msg.task_id) <= MAX_ID_LENGTH and 0 < len(msg.name) <= MAX_ID_LENGTH
+                and msg.priority is None and msg.max_attempts is None and msg.timeout is None
+                and (not self._task_defaults or msg.name in self._task_defaults)
+                and len(self.ready) + len(self.delayed) + self.promised() < self.max_ready):
+            return None  # the common case: no options, a registered name, room in the queue
+        return self._problem(msg)
+
+    def _problem(self, msg: Submit) -> Error | None:
         def refuse(code: str, text: str) -> Error:
             return Error(code, text, msg.task_id)
 
@@ -186,10 +195,11 @@ class Scheduler:
         task = self.ledger.active.get(task_id)
         if task is None:
             return
-        error = msg.error or error_dict("builtins.Exception", "task failed")
         if msg.ok:
             self.ledger.succeed(task, msg.result)
-        elif msg.retry_in is not None:
+            return
+        error = msg.error or error_dict("builtins.Exception", "task failed")
+        if msg.retry_in is not None:
             self._retry_or_fail(task, error, msg.retry_in, now)
         else:
             self.ledger.fail(task, error)

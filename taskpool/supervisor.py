@@ -46,6 +46,8 @@ from .protocol import (
     Stats,
     StatsRequest,
     Submit,
+    TaskInfo,
+    encode_fields,
 )
 from .recorder import RecorderSettings
 from .recording import RecorderLink
@@ -519,7 +521,7 @@ class Supervisor:
         if self.recorder is not None:
             self.recorder.note(task, hold_only=event == "stored")
         if event == "finished" and task.task_id in self.hub.waiters:  # a TaskInfo only for someone waiting
-            self.hub.finished(task.task_id, task.info())
+            self.hub.finished(task.task_id, encode_fields(TaskInfo, *task.info_fields()))
 
     # -- the store ------------------------------------------------------------------
 
