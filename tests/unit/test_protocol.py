@@ -631,3 +631,15 @@ def test_a_packer_that_packed_a_large_frame_is_not_kept():
     big = Run("t", "mod.task", ["x" * (PACKER_KEEP + 10)], {}, 1)
     assert decode_payload(encode(big)[4:]) == big
     assert _packer() is not small  # its buffer would have stayed at the large frame's size
+
+
+@pytest.mark.parametrize("msg", [m for m in SAMPLES if type(m).__name__ in ("Run", "TaskInfo", "Done", "Accepted")],
+                         ids=lambda m: type(m).__name__)
+def test_encode_fields_gives_the_frame_encode_gives(msg):
+    values = [getattr(msg, name) for name in protocol.field_names(type(msg))]
+    assert protocol.encode_fields(type(msg), *values) == protocol.encode(msg)
+
+
+def test_encode_fields_refuses_an_unencodable_value_clearly():
+    with pytest.raises(InvalidArguments, match="cannot encode Run"):
+        protocol.encode_fields(protocol.Run, "t", "n", [object()], {}, 1)
