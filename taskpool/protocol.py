@@ -393,8 +393,8 @@ def _compile_builder(cls: type, names: list[str], types: tuple) -> Callable[[lis
         lines += [f"    if not ({_field_test(var, accepted)}):", "        return validate(cls, v[1:])"]
         if accepted is _ANY or list in accepted or dict in accepted:
             where = f"{cls.__name__}.{names[index]}"
-            # falsy values (None, [], {}, 0, "", False) are all JSON: no call for them
-            lines.append(f"    if {var} and type({var}) is not str: deep({var}, {where!r})")
+            # falsy values but b"" (None, [], {}, 0, "", False) are all JSON: no call for them
+            lines.append(f"    if ({var} or type({var}) is bytes) and type({var}) is not str: deep({var}, {where!r})")
     lines.append("    obj = new(cls)")
     lines += [f"    set_{name}(obj, {var})" for name, var in zip(names, variables, strict=True)]
     lines.append("    return obj")

@@ -106,6 +106,7 @@ class Supervisor:
         self.drain_deadline: float | None = None
         self.pending_signals: list[int] = []
         self.next_housekeeping_at = 0.0
+        self.housekeeping_owed = False  # a pass skipped it: not all its work is a timer next_timeout knows
         self.next_reap_at = 0.0  # a waitpid() every loop pass was a syscall per pass for nothing
         self.sampler = ProcessSampler()
         self.phase = "starting"
@@ -232,10 +233,13 @@ class Supervisor:
         self.reap_children(now)
         if not events or signalled or now >= self.next_housekeeping_at:
             self.next_housekeeping_at = now + HOUSEKEEPING_INTERVAL
+            self.housekeeping_owed = False
             self.check_timers(now)
             self.manage_workers(now)
             self.sync_store(now)
             self.send_work(now)  # and what they called for (a timer's waiter, a delayed task now due)
+        else:
+            self.housekeeping_owed = True  # the wait ends in time for it (next_timeout), events or not
         if self.phase == "stopping" and not self.workers:
             self._finish_stop(now)
 
@@ -251,6 +255,8 @@ class Supervisor:
         if self.hub.backlogged:
             return 0.0  # requests received wait: look at the other sockets, then go on with them
         candidates = [1.0]
+        if self.housekeeping_owed:
+            candidates.append(self.next_housekeeping_at - now)
         due = self.scheduler.delayed.next_due()
         if due is not None:
             candidates.append(due - now)

@@ -245,7 +245,8 @@ class Channel:
     for up to ``spin`` seconds, yielding the CPU between tries, before it sleeps: on a
     VM, waking a sleeping process costs 30-70 us, more than a task round trip's work."""
 
-    __slots__ = ("sock", "fd", "decoder", "timeout", "spin", "divert", "before_sleep", "_inbox", "_eof", "_scratch")
+    __slots__ = ("sock", "fd", "decoder", "timeout", "spin", "divert", "before_sleep", "bytes_read", "_inbox", "_eof",
+                 "_scratch")
 
     def __init__(self, sock: socket.socket, max_frame: int, trusted: bool = False, spin: float = 0.0) -> None:
         self.sock = sock
@@ -263,6 +264,7 @@ class Channel:
         # Called when a read found nothing in its spin and is about to sleep (a worker shows
         # itself idle then, not after every task: a title costs a few hundred ns each way).
         self.before_sleep: Callable[[], None] | None = None
+        self.bytes_read = 0  # since the channel was made
 
     def _take(self) -> bool:
         """Read what has arrived without waiting; False when nothing had."""
@@ -270,6 +272,7 @@ class Channel:
             n = self.sock.recv_into(self._scratch)
         except (BlockingIOError, InterruptedError):
             return False
+        self.bytes_read += n
         if n == 0:
             self._eof = True
         elif self.divert is None:

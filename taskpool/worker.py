@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 BOOT_ERROR_EXIT = 3
 REPLY_MARGIN = 64 * 1024  # a result leaves this much of a frame (or a quarter) for the reply carrying it
 TRACEBACK_LIMIT = 8 * 1024  # longer tracebacks keep their head and tail
+# A Run taken from a read of at most this many bytes needs no second look for its Cancel: the
+# read took in all the socket held, and decoding it took microseconds. After a larger one (a
+# full socket buffer, big arguments) a Cancel may have been held back, or written meanwhile.
+FRESH_READ_LIMIT = 64 * 1024
 PROGRESS_INTERVAL = 0.05  # seconds between progress frames; the last value is always sent
 
 log = logging.getLogger("taskpool.worker")
@@ -263,10 +267,10 @@ class _Cancels:
         return False
 
     def before_start(self, channel: Channel, task_id: str, fresh: bool) -> bool:
-        """Was ``task_id`` cancelled? A task that waited behind another (``fresh`` false: it
-        was sent ahead) first takes in what has arrived meanwhile, without waiting. One read
-        just now needs no second read: a Cancel that comes after it is the supervisor's to
-        handle, as for any task that has started (docs/architecture.md, prefetch)."""
+        """Was ``task_id`` cancelled? A task that waited behind another, or came in a large
+        read (``fresh`` false), first takes in what has arrived meanwhile, without waiting. A
+        small read just now needs no second one: a Cancel that comes after it is the
+        supervisor's to handle, as for any task that has started (docs/architecture.md)."""
         if not fresh:
             channel.pending()
         if task_id in self.ids:
@@ -289,10 +293,12 @@ def serve(channel: Channel, max_frame: int, measure_rss: bool, generation: int, 
     channel.before_sleep = title.idle
     while True:
         fresh = not channel.buffered()  # the next Run comes from a read now, not from the queue
+        before = channel.bytes_read
         try:
             msg = channel.recv()
         except (Closed, ConnectionError):
             return
+        fresh = fresh and channel.bytes_read - before <= FRESH_READ_LIMIT
         if _reopen_logs:
             _reopen_log_files()
         if not isinstance(msg, Run):

@@ -643,3 +643,16 @@ def test_encode_fields_gives_the_frame_encode_gives(msg):
 def test_encode_fields_refuses_an_unencodable_value_clearly():
     with pytest.raises(InvalidArguments, match="cannot encode Run"):
         protocol.encode_fields(protocol.Run, "t", "n", [object()], {}, 1)
+
+
+@pytest.mark.parametrize("value", [b"", b"x", [b""], {"k": b""}], ids=repr)
+def test_bytes_in_an_any_field_are_refused_even_when_empty(value):
+    payload = msgpack.packb([protocol.Done.type_code, "t", True, value, None, 0, None], use_bin_type=True)
+    with pytest.raises(ProtocolError, match="Done.result"):
+        protocol.decode_payload(payload)
+
+
+@pytest.mark.parametrize("value", [None, False, 0, 0.0, "", [], {}], ids=repr)
+def test_falsy_json_values_in_an_any_field_decode(value):
+    payload = msgpack.packb([protocol.Done.type_code, "t", True, value, None, 0, None], use_bin_type=True)
+    assert protocol.decode_payload(payload).result == value

@@ -505,3 +505,16 @@ def test_a_signal_runs_the_housekeeping_in_its_pass(sup):
     sup.tick(_wakeup_events(sup), due)
     assert not sup.pending_signals
     assert "later" in sup.scheduler.ready
+
+
+def test_a_pass_that_skipped_the_housekeeping_bounds_the_next_wait_by_it(sup):
+    """Not all housekeeping is a timer next_timeout knows of (a stop's recorder drain, a store
+    pull): a pass with events that skipped it ends the next wait in time for it."""
+    from taskpool.supervisor import HOUSEKEEPING_INTERVAL
+
+    sup.tick([], NOW)
+    assert sup.next_timeout(NOW) == 1.0  # nothing owed, nothing due: the 1 s cap
+    sup.tick(_wakeup_events(sup), NOW + HOUSEKEEPING_INTERVAL / 4)  # skipped
+    assert sup.next_timeout(NOW + HOUSEKEEPING_INTERVAL / 4) == pytest.approx(HOUSEKEEPING_INTERVAL * 3 / 4)
+    sup.tick([], NOW + HOUSEKEEPING_INTERVAL)  # the wait timed out: the housekeeping runs, nothing owed
+    assert sup.next_timeout(NOW + HOUSEKEEPING_INTERVAL) == 1.0
