@@ -292,11 +292,13 @@ class ConnectionHub:
         try:
             done = conn.flush()
         except Closed:
-            self._drop_owner(conn)
+            client = self._client_of(conn)
+            if client is not None:
+                self.drop(client)
             return
         if done:
-            client = self.clients.get(conn.fd)
-            if client is not None and client.closing and client.conn is conn:
+            client = self._client_of(conn)
+            if client is not None and client.closing:
                 self.drop(client)
                 return
         if done == conn.watching_write:  # the selector is told only of a change, not once a write
@@ -306,11 +308,10 @@ class ConnectionHub:
             conn.watching_write = not done
             self.selector.modify(conn.sock, selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE), key.data)
 
-    def _drop_owner(self, conn: FramedConnection) -> None:
-        """The client whose connection ``conn`` is, if it is one's, dropped."""
+    def _client_of(self, conn: FramedConnection) -> Client | None:
+        """The client whose connection ``conn`` is (None for a worker's or the recorder's)."""
         client = self.clients.get(conn.fd)
-        if client is not None and client.conn is conn:
-            self.drop(client)
+        return client if client is not None and client.conn is conn else None
 
     def unregister(self, conn: FramedConnection) -> None:
         try:

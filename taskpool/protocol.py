@@ -315,23 +315,16 @@ PACKER_KEEP = 1 << 20  # a Packer never shrinks its buffer: one that packed more
 
 def encode(msg: Message) -> bytes:
     """One frame: header and payload. Raises InvalidArguments for unencodable values."""
-    values = [msg.type_code, *msg._record_values(msg)]
-    try:
-        payload = _packer().pack(values)
-        if len(payload) > PACKER_KEEP:
-            del _packers.packer  # its buffer grew to this frame's size and would stay so
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise InvalidArguments(f"cannot encode {type(msg).__name__}: {exc}") from None
-    return HEADER.pack(len(payload)) + payload
+    return encode_fields(type(msg), *msg._record_values(msg))
 
 
 def encode_fields(cls: type[Message], *values: Any) -> bytes:
-    """The frame of ``cls(*values)`` without making the message: for the supervisor's hot path
-    (``Run``, ``TaskInfo``), whose values come from its own checked records."""
+    """The frame of ``cls(*values)``; the supervisor's hot path (``Run``, ``TaskInfo``) calls it
+    directly, without making the message, as its values come from its own checked records."""
     try:
         payload = _packer().pack([cls.type_code, *values])
         if len(payload) > PACKER_KEEP:
-            del _packers.packer
+            del _packers.packer  # its buffer grew to this frame's size and would stay so
     except (OverflowError, ValueError, TypeError) as exc:
         raise InvalidArguments(f"cannot encode {cls.__name__}: {exc}") from None
     return HEADER.pack(len(payload)) + payload

@@ -288,13 +288,12 @@ class Supervisor:
 
     def handle_signals(self, now: float) -> bool:
         """Handle the signals recorded since the last pass; True if there were any."""
-        if not self.pending_signals:
-            return False
+        handled = bool(self.pending_signals)
         while self.pending_signals:
             signum = self.pending_signals.pop(0)
             name = signal.Signals(signum).name[3:].lower()
             getattr(self, f"handle_{name}")(now)
-        return True
+        return handled
 
     def handle_chld(self, now: float) -> None:
         self.next_reap_at = now  # reap_children runs in this pass
