@@ -80,22 +80,47 @@ def configure(
     _default = None
 
 
+# The settings are read from the environment on every submit(), so a change is seen at once.
+# os.environ.get spends 1 us on a name that is not set (a KeyError raised and caught inside
+# os.environ), and these names are usually unset: five such reads were 5 us of a submit().
+# CPython keeps the environment in os.environ._data, keyed by the encoded name: _env looks
+# there first for a name that is not set, while os.environ is still that object.
+_ENVIRON = os.environ
+_ENVIRON_DATA = getattr(_ENVIRON, "_data", None)
+_ENV_NAMES = ("TASKPOOL_IMMEDIATE", "TASKPOOL_SPOOL", "TASKPOOL_SOCKET", "TASKPOOL_STORE")
+try:
+    _ENV_KEYS = {name: _ENVIRON.encodekey(name) for name in _ENV_NAMES}  # type: ignore[attr-defined]
+    if type(_ENVIRON_DATA) is not dict or not all(_ENVIRON.encodekey(k) in _ENVIRON_DATA for k in _ENVIRON):  # type: ignore[attr-defined]
+        raise TypeError("not the layout this reads")
+except (AttributeError, TypeError, UnicodeError):
+    _ENVIRON = None  # another implementation: os.environ.get every time
+    _ENV_KEYS = {}
+
+
+def _env(name: str) -> str | None:
+    """``os.environ.get(name)``, quicker when the variable is not set (one of _ENV_NAMES)."""
+    environ = os.environ
+    if environ is _ENVIRON and _ENV_KEYS[name] not in _ENVIRON_DATA:  # type: ignore[operator]
+        return None
+    return environ.get(name)
+
+
 def immediate_mode() -> bool:
     if _settings["immediate"] is not None:
         return bool(_settings["immediate"])
-    return os.environ.get("TASKPOOL_IMMEDIATE", "") not in ("", "0", "false", "False")
+    return (_env("TASKPOOL_IMMEDIATE") or "") not in ("", "0", "false", "False")
 
 
 def spool_path() -> str:
-    return os.path.abspath(_settings["spool"] or os.environ.get("TASKPOOL_SPOOL") or "spool")
+    return os.path.abspath(_settings["spool"] or _env("TASKPOOL_SPOOL") or "spool")
 
 
 def socket_path() -> str:
-    return resolve_socket(spool_path(), _settings["socket"] or os.environ.get("TASKPOOL_SOCKET"))
+    return resolve_socket(spool_path(), _settings["socket"] or _env("TASKPOOL_SOCKET"))
 
 
 def store_name() -> str:
-    return _settings["store"] or os.environ.get("TASKPOOL_STORE") or "sqlite"
+    return _settings["store"] or _env("TASKPOOL_STORE") or "sqlite"
 
 
 # default_client() and default_store() remember their last answer with the raw settings it
@@ -113,8 +138,8 @@ def _cwd_if_relative(path: Any) -> str | None:
 
 def default_client() -> Client:
     global _default, _client_memo
-    spool = _settings["spool"] or os.environ.get("TASKPOOL_SPOOL") or "spool"
-    sock = _settings["socket"] or os.environ.get("TASKPOOL_SOCKET")
+    spool = _settings["spool"] or _env("TASKPOOL_SPOOL") or "spool"
+    sock = _settings["socket"] or _env("TASKPOOL_SOCKET")
     raw = (spool, sock, _cwd_if_relative(sock or spool))
     memo = _client_memo
     if memo is not None and memo[0] == raw and memo[1] is _default:
@@ -133,7 +158,7 @@ def default_client() -> Client:
 def default_store() -> Store:
     """The store this process writes rows to (one per kind and spool, opened lazily)."""
     global _store_memo
-    spool = _settings["spool"] or os.environ.get("TASKPOOL_SPOOL") or "spool"
+    spool = _settings["spool"] or _env("TASKPOOL_SPOOL") or "spool"
     raw = (store_name(), spool, _cwd_if_relative(spool))
     memo = _store_memo
     if memo is not None and memo[0] == raw and _stores.get(memo[1]) is memo[2]:
@@ -371,7 +396,7 @@ def row_of(msg: Submit) -> TaskRow:
 
 def submit(task: Task | str, *args: Any, **kwargs: Any) -> TaskHandle:
     """Run a task in the pool; returns its handle at once (see the module docstring)."""
-    return submit_many([(task, args, kwargs)])[0]
+    return _submit_checked([_check_call(task, args, kwargs)], default_client(), default_store())[0]
 
 
 def submit_and_wait(task: Task | str, args: Sequence = (), kwargs: dict | None = None,
@@ -415,10 +440,13 @@ def submit_many(calls: Iterable[tuple], client: Client | None = None, store: Sto
     transaction for all the rows and one write to the supervisor."""
     store = store or default_store()
     client = client or default_client()
-    durable = store.durable
     checked = [_check_call(c[0], c[1], c[2] if len(c) > 2 else {}) for c in calls]
-    if not checked:
-        return []
+    return _submit_checked(checked, client, store) if checked else []
+
+
+def _submit_checked(checked: list[_Checked], client: Client, store: Store) -> list[TaskHandle]:
+    """submit_many's work once the calls are checked; submit() comes here directly."""
+    durable = store.durable
     if immediate_mode():
         return _run_inline([_make_submit(c, durable) for c in checked], client, store)
     try:
@@ -432,7 +460,7 @@ def submit_many(calls: Iterable[tuple], client: Client | None = None, store: Sto
     # Durable: no reply needed when the supervisor accepted every name already (a refusal is recorded
     # in the row). Memory: a batch asks for refusals only, then one barrier reply (Client.submit_quietly).
     if durable:
-        reply = not (up and all(c[0] in known for c in checked))
+        reply = not (up and (checked[0][0] in known if len(checked) == 1 else all(c[0] in known for c in checked)))
     else:
         reply = len(checked) == 1  # one Submit: its Accepted is as cheap as a barrier's reply
     msgs = [_make_submit(c, durable, reply) for c in checked]

@@ -176,6 +176,34 @@ def test_default_client_and_store_follow_settings_environment_and_directory(tmp_
     assert again is not client and again.timeout == 3.0 and again.path == client.path
 
 
+def test_the_quick_environment_reader_sees_every_change_at_once(monkeypatch):
+    """_env skips os.environ.get for an unset name by looking in os.environ's own table: a
+    variable set, changed or removed through os.environ is seen by the next call, and a
+    replaced os.environ is read through its get."""
+    assert client_module._ENVIRON is os.environ  # CPython: the quick path is the one tested here
+    for name in client_module._ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+        assert client_module._env(name) is None
+        monkeypatch.setenv(name, "one")
+        assert client_module._env(name) == "one"
+        monkeypatch.setenv(name, "two é")
+        assert client_module._env(name) == "two é"
+        monkeypatch.delenv(name)
+        assert client_module._env(name) is None
+    monkeypatch.setattr(os, "environ", {"TASKPOOL_STORE": "memory"})
+    assert client_module._env("TASKPOOL_STORE") == "memory" and client_module._env("TASKPOOL_SPOOL") is None
+
+
+def test_immediate_mode_follows_the_environment(monkeypatch):
+    monkeypatch.setitem(client_module._settings, "immediate", None)  # not configured: the environment decides
+    monkeypatch.delenv("TASKPOOL_IMMEDIATE", raising=False)
+    assert not client_module.immediate_mode()
+    monkeypatch.setenv("TASKPOOL_IMMEDIATE", "1")
+    assert client_module.immediate_mode()
+    monkeypatch.setenv("TASKPOOL_IMMEDIATE", "false")
+    assert not client_module.immediate_mode()
+
+
 def connected(client: Client) -> socket.socket:
     """Give ``client`` a channel on a socket pair, as a handshake would; the far end."""
     ours, theirs = socket.socketpair()
