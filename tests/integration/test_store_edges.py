@@ -58,7 +58,7 @@ def test_sigkill_of_the_supervisor_alone_frees_its_tasks_at_once(start_superviso
     running = sup.submit(sample_tasks.wait_for_file.using(timeout=5), str(tmp_path / "never"))
     wait_until(lambda: running.status == "RUNNING")
     queued = [sup.submit(sample_tasks.add, i, i) for i in range(3)]
-    # status reaches the store up to 10 ms late (batched): killed before that, the row would
+    # status reaches the store up to 0.1 s late (batched): killed before that, the row would
     # still say READY and the re-run would not count an attempt (documented in reliability.md)
     wait_until(lambda: sup.store.fetch(running.id).status == "RUNNING", message="the row RUNNING")
     children = sup.children()
