@@ -142,6 +142,36 @@ def test_record_holds_ready_rows_in_the_same_transaction_and_leaves_others_alone
     assert store.fetch("missing") is None  # a hold creates nothing
 
 
+def test_holders_are_the_supervisors_holding_ready_or_running_rows(store):
+    store.insert([
+        TaskRow("r" * 32, "m.t", [], {}, held_by="ready-holder"),
+        TaskRow("u" * 32, "m.t", [], {}, status="RUNNING", attempts=1, held_by="running-holder"),
+        TaskRow("s" * 32, "m.t", [], {}, status="SUCCESSFUL", attempts=1, finished_at=1.0, held_by="finished"),
+        TaskRow("f" * 32, "m.t", [], {}, status="FAILED", attempts=1, finished_at=1.0, held_by="failed"),
+        TaskRow("n" * 32, "m.t", [], {}),  # READY, held by nobody
+        TaskRow("b" * 32, "m.t", [], {}, held_by="ready-holder"),
+    ])
+    assert store.holders() == {"ready-holder", "running-holder"}
+
+
+def test_finding_holders_reads_no_finished_row(store):
+    """The sweep (every 2 s) and the heartbeat ask for the holders: with a week of finished
+    rows kept, a scan of the table cost 20 ms per 200,000 rows. Each select must go by index."""
+    statements: list[str] = []
+    db = store._connection()
+    db.set_trace_callback(statements.append)
+    try:
+        store.holders()
+    finally:
+        db.set_trace_callback(None)
+    assert statements
+    with other_connection(store) as reader:
+        for sql in statements:
+            plan = " | ".join(step[-1] for step in reader.execute("EXPLAIN QUERY PLAN " + sql))
+            assert "SCAN taskpool_task" not in plan, (sql, plan)
+            assert "USING INDEX" in plan, (sql, plan)
+
+
 def hold_write_lock(store: SqliteStore) -> sqlite3.Connection:
     """Another process's writer in the middle of a transaction."""
     holder = other_connection(store)
