@@ -9,8 +9,8 @@ backport on Django 5.2) on top of taskpool's pre-forked workers::
     result = send_report.enqueue(42)      # a READY TaskResult; the row is in your transaction
     result.refresh()                      # or default_task_backend.get_result(result.id)
 
-``enqueue`` goes through ``taskpool.client.submit_many``, the path ``taskpool.submit``
-takes: with the ``django`` store (the default) the task's row is written in the caller's
+``enqueue`` goes through ``taskpool.client.submit_many``, which does what ``taskpool.submit``
+does: with the ``django`` store (the default) the task's row is written in the caller's
 transaction and the supervisor is told once it commits (a rolled-back transaction leaves
 no task); other stores are not transactional (``manage.py check`` warns, taskpool.W002). The task is named by its
 ``module_path``; ``priority``, ``queue_name`` and ``run_after`` come from the Task; the
@@ -29,7 +29,7 @@ is looked up in taskpool's registry, never imported. Each attempt reads its row 
 no timeout, no retry on exceptions, and up to 3 attempts when a worker dies mid-task.
 
 Results are read from the task's row (``TaskRecord``), which the supervisor's recorder
-writes moments after each change: ``get_result`` is a little behind the supervisor, never
+writes within 0.1 s of each change (its batches, ``WRITE_DELAY``): ``get_result`` is a little behind the supervisor, never
 inconsistent with itself. Status mapping: READY, RUNNING, SUCCESSFUL and FAILED are Django's;
 taskpool's CANCELLED has no Django equivalent and is reported as FAILED, with a
 ``taskpool.errors.Cancelled`` TaskError. ``worker_ids`` are the pids of the workers that ran

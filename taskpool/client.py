@@ -83,25 +83,24 @@ def configure(
 # The settings are read from the environment on every submit(), so a change is seen at once.
 # os.environ.get spends 1 us on a name that is not set (a KeyError raised and caught inside
 # os.environ), and these names are usually unset: five such reads were 5 us of a submit().
-# CPython keeps the environment in os.environ._data, keyed by the encoded name: _env looks
-# there first for a name that is not set, while os.environ is still that object.
-_ENVIRON = os.environ
-_ENVIRON_DATA = getattr(_ENVIRON, "_data", None)
+# CPython keeps the environment in os.environ._data, keyed by encodekey(name), the table its
+# own lookups use: _env looks there first for one of these names, while os.environ is still
+# that object.
 _ENV_NAMES = ("TASKPOOL_IMMEDIATE", "TASKPOOL_SPOOL", "TASKPOOL_SOCKET", "TASKPOOL_STORE")
 try:
-    _ENV_KEYS = {name: _ENVIRON.encodekey(name) for name in _ENV_NAMES}  # type: ignore[attr-defined]
-    if type(_ENVIRON_DATA) is not dict or not all(_ENVIRON.encodekey(k) in _ENVIRON_DATA for k in _ENVIRON):  # type: ignore[attr-defined]
-        raise TypeError("not the layout this reads")
-except (AttributeError, TypeError, UnicodeError):
-    _ENVIRON = None  # another implementation: os.environ.get every time
-    _ENV_KEYS = {}
+    _ENV_KEYS = {name: os.environ.encodekey(name) for name in _ENV_NAMES}  # type: ignore[attr-defined]
+    _ENVIRON: Any = os.environ if type(os.environ._data) is dict else None  # type: ignore[attr-defined]
+except (AttributeError, TypeError, UnicodeError):  # another implementation: os.environ.get always
+    _ENV_KEYS, _ENVIRON = {}, None
 
 
 def _env(name: str) -> str | None:
-    """``os.environ.get(name)``, quicker when the variable is not set (one of _ENV_NAMES)."""
+    """``os.environ.get(name)``, quicker when ``name`` (one of _ENV_NAMES) is not set."""
     environ = os.environ
-    if environ is _ENVIRON and _ENV_KEYS[name] not in _ENVIRON_DATA:  # type: ignore[operator]
-        return None
+    if environ is _ENVIRON:
+        key = _ENV_KEYS.get(name)
+        if key is not None and key not in environ._data:
+            return None
     return environ.get(name)
 
 
@@ -396,7 +395,9 @@ def row_of(msg: Submit) -> TaskRow:
 
 def submit(task: Task | str, *args: Any, **kwargs: Any) -> TaskHandle:
     """Run a task in the pool; returns its handle at once (see the module docstring)."""
-    return _submit_checked([_check_call(task, args, kwargs)], default_client(), default_store())[0]
+    store = default_store()  # the store's, then the client's, then the arguments' errors first, as submit_many
+    client = default_client()
+    return _submit_checked([_check_call(task, args, kwargs)], client, store)[0]
 
 
 def submit_and_wait(task: Task | str, args: Sequence = (), kwargs: dict | None = None,

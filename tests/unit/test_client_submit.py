@@ -14,7 +14,7 @@ import pytest
 import taskpool
 from taskpool import client as client_module
 from taskpool.client import Client, build_submit, new_task_id, submit_many
-from taskpool.errors import InvalidArguments, SupervisorUnavailable
+from taskpool.errors import ConfigError, InvalidArguments, SupervisorUnavailable
 from taskpool.protocol import DEFAULT_MAX_FRAME, Decoder, Error, Query, Submit
 from taskpool.stores import open_store
 from taskpool.transport import Channel
@@ -192,6 +192,32 @@ def test_the_quick_environment_reader_sees_every_change_at_once(monkeypatch):
         assert client_module._env(name) is None
     monkeypatch.setattr(os, "environ", {"TASKPOOL_STORE": "memory"})
     assert client_module._env("TASKPOOL_STORE") == "memory" and client_module._env("TASKPOOL_SPOOL") is None
+
+
+def test_the_environment_reader_without_its_quick_path(monkeypatch):
+    """Where os.environ is not the object (or layout) it was made for, _env is os.environ.get."""
+    monkeypatch.setattr(client_module, "_ENVIRON", None)
+    monkeypatch.setenv("TASKPOOL_SPOOL", "/srv/spool")
+    monkeypatch.delenv("TASKPOOL_STORE", raising=False)
+    assert client_module._env("TASKPOOL_SPOOL") == "/srv/spool" and client_module._env("TASKPOOL_STORE") is None
+    monkeypatch.setenv("SOMETHING_ELSE", "x")  # and a name it was not made for, either way
+    assert client_module._env("SOMETHING_ELSE") == "x"
+    monkeypatch.undo()
+    monkeypatch.setenv("SOMETHING_ELSE", "y")
+    assert client_module._env("SOMETHING_ELSE") == "y" and client_module._env("NOT_SET_ANYWHERE_42") is None
+
+
+def test_submit_and_submit_many_report_the_same_error_first(tmp_path, monkeypatch):
+    """A store that cannot be opened is reported before bad arguments, by both entry points."""
+    taskpool.configure(spool=str(tmp_path), store="", socket="")
+    monkeypatch.setenv("TASKPOOL_STORE", "no-such-store")
+    with pytest.raises(ConfigError, match="no-such-store"):
+        taskpool.submit(known_task, object())
+    with pytest.raises(ConfigError, match="no-such-store"):
+        submit_many([(known_task, (object(),))])
+    monkeypatch.setenv("TASKPOOL_STORE", "memory")
+    with pytest.raises(InvalidArguments):  # then the arguments, before any connection is tried
+        taskpool.submit(known_task, object())
 
 
 def test_immediate_mode_follows_the_environment(monkeypatch):

@@ -45,3 +45,33 @@ def test_a_dead_recorders_unacknowledged_batches_come_back_with_each_tasks_lates
     link.exited(9, 5.0)
     assert TaskRow(*link.pending["a"]).status == "SUCCESSFUL"  # not the older RUNNING of batch 1
     assert link.pending["b"] is b and not link.in_flight
+
+
+def test_a_batch_leaves_after_the_write_delay_at_once_when_full_and_never_past_two_in_flight(monkeypatch):
+    """``next_write_at``, which the supervisor's loop waits on: a status change waits up to
+    WRITE_DELAY for others to share its transaction; 500 pending leave at once; with two
+    batches unacknowledged nothing leaves (the recorder's answer wakes the loop instead)."""
+    from taskpool import recording
+    from taskpool.recorder import RecorderSettings
+    from taskpool.recording import MAX_BATCH, MAX_IN_FLIGHT, WRITE_DELAY, RecorderLink
+
+    link = RecorderLink(RecorderSettings("sqlite", "/nonexistent", "sup", 60.0, 1 << 20, 0.0),
+                        lambda: None, lambda conn, cb: None, lambda conn: None, lambda conn: None, lambda msg, now: None)
+    link.conn = object()  # type: ignore[assignment]  # a recorder is connected; nothing is written here
+    assert link.next_write_at() is None  # nothing pending
+    monkeypatch.setattr(recording.time, "monotonic", lambda: 50.0)
+    ledger = Ledger(10)
+    first = ledger.accept(Submit("t0", "mod.task", [], {}), None, 1.0)
+    link.note(first)
+    assert link.next_write_at() == 50.0 + WRITE_DELAY == 50.1
+    monkeypatch.setattr(recording.time, "monotonic", lambda: 50.05)
+    link.note(ledger.accept(Submit("t1", "mod.task", [], {}), None, 1.0), hold_only=True)
+    assert link.next_write_at() == 50.1  # the first pending change sets the time
+    for i in range(2, MAX_BATCH):
+        link.note(ledger.accept(Submit(f"t{i}", "mod.task", [], {}), None, 1.0))
+    assert len(link.pending) == MAX_BATCH and link.next_write_at() == 0.0
+    link.in_flight = {seq: (0.0, []) for seq in range(1, MAX_IN_FLIGHT + 1)}
+    assert link.next_write_at() is None
+    link.conn = None
+    link.in_flight = {}
+    assert link.next_write_at() is None  # no recorder: nothing can leave
