@@ -461,7 +461,7 @@ def _submit_checked(checked: list[_Checked], client: Client, store: Store) -> li
     # Durable: no reply needed when the supervisor accepted every name already (a refusal is recorded
     # in the row). Memory: a batch asks for refusals only, then one barrier reply (Client.submit_quietly).
     if durable:
-        reply = not (up and (checked[0][0] in known if len(checked) == 1 else all(c[0] in known for c in checked)))
+        reply = not (up and all(c[0] in known for c in checked))
     else:
         reply = len(checked) == 1  # one Submit: its Accepted is as cheap as a barrier's reply
     msgs = [_make_submit(c, durable, reply) for c in checked]
